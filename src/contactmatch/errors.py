@@ -53,16 +53,16 @@ __all__ = [
 def mask_number(raw: str) -> str:
     """Mask a phone number for messages and logs, keeping just enough to recognise it.
 
-    Keeps the first five characters and the last two (``+98912*****89``) so an operator can
-    tell two rejects apart without the log becoming a list of numbers. Short inputs are masked
-    harder, so that nothing shorter than a full number is ever shown whole.
+    Keeps the first six characters (``+`` and country code and operator prefix) and the last
+    two (``+98912*****89``) so an operator can tell two rejects apart without the log becoming
+    a list of numbers. Short inputs are masked harder: they may be a full local number.
     """
     s = "".join(ch for ch in str(raw) if not ch.isspace())
     if len(s) <= 4:
         return "*" * len(s)
-    if len(s) <= 8:
+    if len(s) <= 10:
         return s[:2] + "*" * (len(s) - 2)
-    return s[:5] + "*" * (len(s) - 7) + s[-2:]
+    return s[:6] + "*" * (len(s) - 8) + s[-2:]
 
 
 class ContactMatchError(Exception):
