@@ -1,0 +1,209 @@
+"""The client side of a scheme: a small state machine over request/response bytes.
+
+``start(numbers)`` returns the first request (or None when nothing needs asking), each
+``receive(response)`` returns the next request or None when the discovery is complete, and
+``result`` holds the matches. Keyed schemes take two rounds (evaluate, then match); public
+ones take one; a filter client whose filter has no hits takes none.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Sequence
+from enum import Enum
+
+from contactmatch.errors import MalformedMessage, UnknownKeyId, VerificationFailed
+from contactmatch.filters import BloomFilter, GolombFilter, load_filter
+from contactmatch.schemes.base import MatchResult, Scheme, ServerInfo, get_scheme
+from contactmatch.schemes.table import bucket_of, fingerprint_of, open_sealed
+from contactmatch.schemes.tokens import ClientTokens
+from contactmatch.schemes.wire import (
+    BucketRequest,
+    BucketResponse,
+    EvalResponse,
+    LookupRequest,
+    LookupResponse,
+    decode,
+)
+
+__all__ = ["SchemeClient"]
+
+
+class _State(Enum):
+    NEW = "new"
+    EVAL = "awaiting evaluation"
+    MATCH = "awaiting match"
+    DONE = "done"
+
+
+class SchemeClient:
+    """One discovery on the client.
+
+    Args:
+        scheme: the scheme (or its name); must match ``info.scheme``.
+        info: the server's published info (key id, bucket bits, public key).
+        tokens: the client side of the token function.
+        filter_blob: the published filter, serialised or loaded (``filter`` method only).
+        cache: token cache ``{(key_id, number): token}`` reused across syncs; numbers whose
+            token is cached under the current key are not evaluated again.
+    """
+
+    def __init__(
+        self,
+        scheme: Scheme | str,
+        info: ServerInfo,
+        tokens: ClientTokens,
+        *,
+        filter_blob: bytes | GolombFilter | BloomFilter | None = None,
+        cache: dict[tuple[str, str], bytes] | None = None,
+    ) -> None:
+        self.scheme = get_scheme(scheme) if isinstance(scheme, str) else scheme
+        if info.scheme != self.scheme.name:
+            raise MalformedMessage("server info is for another scheme")
+        self.info = info
+        self.token_fn = tokens
+        self.cache = cache if cache is not None else {}
+        self._filter: GolombFilter | BloomFilter | None = None
+        if self.scheme.method == "filter":
+            if filter_blob is None:
+                raise MalformedMessage("a filter scheme needs the published filter")
+            self._filter = (
+                load_filter(filter_blob) if isinstance(filter_blob, bytes) else filter_blob
+            )
+            if not hmac.compare_digest(self._filter.key_id.encode(), info.key_id.encode()):
+                raise UnknownKeyId("the filter was built under another key; download it again")
+        self._state = _State.NEW
+        self._numbers: list[str] = []
+        self._tokens: dict[str, bytes] = {}
+        self._eval_state: object = None
+        self._pending: list[str] = []
+        self._asked: list[str] = []
+        self._matches: dict[str, str] = {}
+        self.rounds = 0
+
+    # -- protocol ---------------------------------------------------------------------------
+    def start(self, numbers: Sequence[str]) -> bytes | None:
+        """Begin a discovery of ``numbers`` (normalised E.164); returns the first request."""
+        if self._state is not _State.NEW:
+            raise RuntimeError("a SchemeClient runs one discovery; make a new one")
+        self._numbers = list(dict.fromkeys(numbers))
+        key_id = self.info.key_id
+        if self.scheme.interactive:
+            for n in self._numbers:
+                tok = self.cache.get((key_id, n))
+                if tok is not None:
+                    self._tokens[n] = tok
+            self._pending = [n for n in self._numbers if n not in self._tokens]
+            if self._pending:
+                self._eval_state, req = self.token_fn.begin(self._pending)
+                self._state = _State.EVAL
+                self.rounds += 1
+                return req.encode()
+        else:
+            self._tokens = dict(zip(self._numbers, self.token_fn.local(self._numbers), strict=True))
+        return self._match_request()
+
+    def receive(self, response: bytes) -> bytes | None:
+        """Consume a response; returns the next request, or None when done."""
+        if self._state is _State.EVAL:
+            msg = decode(response, EvalResponse)
+            assert isinstance(msg, EvalResponse)
+            key_id, toks = self.token_fn.finish(self._eval_state, msg)
+            if len(toks) != len(self._pending):
+                raise VerificationFailed()
+            for n, t in zip(self._pending, toks, strict=True):
+                self._tokens[n] = t
+                self.cache[(key_id, n)] = t
+            return self._match_request()
+        if self._state is _State.MATCH:
+            if self.scheme.method == "bucket":
+                self._finish_bucket(response)
+            else:
+                self._finish_lookup(response)
+            self._state = _State.DONE
+            return None
+        raise RuntimeError(f"no response expected in state {self._state.value!r}")
+
+    @property
+    def tokens(self) -> dict[str, bytes]:
+        """Tokens of the discovery's numbers known so far (all of them once evaluated)."""
+        return dict(self._tokens)
+
+    @property
+    def done(self) -> bool:
+        return self._state is _State.DONE
+
+    @property
+    def result(self) -> MatchResult:
+        if self._state is not _State.DONE:
+            raise RuntimeError("the discovery is not complete")
+        return MatchResult(
+            matches=dict(self._matches),
+            unregistered=[n for n in self._numbers if n not in self._matches],
+            key_id=self.info.key_id,
+        )
+
+    # -- membership methods -----------------------------------------------------------------
+    def _match_request(self) -> bytes | None:
+        method = self.scheme.method
+        key_id = self.info.key_id
+        if method == "bucket":
+            self._asked = list(self._numbers)
+            prefixes = sorted({bucket_of(self._tokens[n], self.info.bits) for n in self._asked})
+            self._state = _State.MATCH
+            self.rounds += 1
+            return BucketRequest(
+                scheme=self.scheme.name, key_id=key_id, bits=self.info.bits, prefixes=prefixes
+            ).encode()
+        if method == "filter":
+            assert self._filter is not None
+            toks = [self._tokens[n] for n in self._numbers]
+            hits = self._filter.contains_many(toks)
+            self._asked = [n for n, h in zip(self._numbers, hits, strict=True) if h]
+        else:
+            self._asked = list(self._numbers)
+        if not self._asked:
+            self._state = _State.DONE
+            return None
+        self._state = _State.MATCH
+        self.rounds += 1
+        return LookupRequest(
+            scheme=self.scheme.name,
+            key_id=key_id,
+            tokens=[self._tokens[n] for n in self._asked],
+        ).encode()
+
+    def _finish_lookup(self, response: bytes) -> None:
+        msg = decode(response, LookupResponse)
+        assert isinstance(msg, LookupResponse)
+        if any(p >= len(self._asked) for p in msg.positions):
+            raise MalformedMessage("lookup answer names a position that was not asked")
+        for p, uid in zip(msg.positions, msg.user_ids, strict=True):
+            try:
+                self._matches[self._asked[p]] = uid.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise MalformedMessage("a user id is not UTF-8") from exc
+
+    def _finish_bucket(self, response: bytes) -> None:
+        msg = decode(response, BucketResponse)
+        assert isinstance(msg, BucketResponse)
+        if msg.bits != self.info.bits:
+            raise MalformedMessage("bucket answer uses other bits than asked")
+        # Index only the entries whose fingerprint is one of ours: a 1,000-contact book
+        # receives tens of thousands of strangers' entries, which are skipped unparsed.
+        wanted: dict[tuple[int, bytes], list[str]] = {}
+        for n in self._asked:
+            tok = self._tokens[n]
+            wanted.setdefault((bucket_of(tok, msg.bits), fingerprint_of(tok)), []).append(n)
+        i = 0
+        fps, sealed = msg.fingerprints, msg.sealed
+        for prefix, count in zip(msg.prefixes, msg.counts, strict=True):
+            for j in range(i, i + count):
+                owners = wanted.get((prefix, fps[j]))
+                if owners is None:
+                    continue
+                for n in owners:
+                    uid = open_sealed(self._tokens[n], sealed[j])
+                    if uid is not None:  # the seal check confirms the full token
+                        self._matches[n] = uid
+            i += count

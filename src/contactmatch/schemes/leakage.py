@@ -1,0 +1,113 @@
+"""What each scheme lets each party learn, stated in code so docs and reports cannot drift.
+
+A scheme is a token function × a membership method; its leakage is composed from what the
+token function reveals (can a token be computed without the server? does the server see the
+input?) and what the membership method sends (whole tokens, k-bit prefixes, or only hits).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["Leakage", "TokenTraits", "compose"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TokenTraits:
+    """The properties of a token function that decide what leaks."""
+
+    #: Anyone can compute a token from a number (plain, sha256): offline enumeration possible.
+    public: bool
+    #: The server sees the client's numbers while computing tokens (hmac).
+    server_sees_inputs: bool
+    #: A stolen database (without key files) can be turned back into numbers.
+    thief_reverses: str
+    #: Each token costs one server evaluation (hmac, oprf): enumeration is rate-limited.
+    keyed: bool
+    #: Clients can verify that the server used the same key for everyone (voprf).
+    verifiable: bool = False
+    #: The token is the number itself (plain).
+    clear: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Leakage:
+    """Plain-language statement of a scheme's leakage (used in docs/schemes.md and audits)."""
+
+    server_learns: str
+    client_learns: str
+    thief_learns: str
+    enumeration_cost: str
+
+
+def compose(token: TokenTraits, method: str) -> Leakage:
+    """Leakage of ``token`` combined with membership ``method`` (lookup, bucket, filter)."""
+    if token.server_sees_inputs:
+        server = "every contact number in the clear (it computes the keyed hash itself)"
+    elif token.public:
+        if method == "lookup" and token.clear:
+            server = "every contact number in the clear"
+        elif method == "lookup":
+            server = (
+                "every contact's token; the tokens are unkeyed, so the server recovers every "
+                "number of the phone book by hashing the numbering plan"
+            )
+        elif method == "bucket":
+            server = (
+                "a k-bit prefix per contact; against the numbering plan that narrows each "
+                "contact to 1 in 2^k candidates (the k-anonymity set)"
+            )
+        else:
+            server = "only the contacts that are registered (the filter hits it is asked about)"
+    else:
+        base = "how many new numbers the client evaluates (blinded: not which)"
+        if method == "lookup":
+            server = (
+                base + "; then every contact's OPRF token, so which registered users are "
+                "in the book, and by evaluating the numbering plan under its own key, "
+                "in principle the unregistered contacts too"
+            )
+        elif method == "bucket":
+            server = base + "; a k-bit prefix of each contact's token"
+        else:
+            server = base + "; which registered users are in the book (the hits it is asked about)"
+    if token.verifiable:
+        server += "; it cannot single a client out with a key of its own (VOPRF proof)"
+
+    if method == "lookup":
+        client = "which of its contacts are registered, with their user ids; nothing else"
+    elif method == "bucket":
+        client = (
+            "its contacts' matches, plus the fingerprints of every registered user sharing a "
+            "bucket with a contact"
+            + (
+                " (with public tokens, offline hashing of the bucket's numbering range reveals "
+                "who they are)"
+                if token.public
+                else " (OPRF fingerprints: useless without server evaluations)"
+            )
+        )
+    else:
+        client = "its contacts' matches, plus the whole published filter" + (
+            ": with public tokens anyone can test every number of the numbering plan "
+            "offline and list the registered population"
+            if token.public
+            else ": each membership test needs one rate-limited OPRF evaluation"
+        )
+
+    thief = token.thief_reverses
+    if token.keyed:
+        cost = (
+            "one rate-limited server evaluation per candidate number; quotas bound the "
+            "fraction of the registry a scraper can sweep per day"
+        )
+    elif method == "lookup":
+        cost = "one server lookup per candidate; rate limits are the only barrier"
+    else:
+        cost = (
+            "free and offline: hash the numbering plan (about 10^9 numbers per country) "
+            "and test locally"
+        )
+    return Leakage(
+        server_learns=server, client_learns=client, thief_learns=thief, enumeration_cost=cost
+    )
