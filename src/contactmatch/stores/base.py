@@ -1,0 +1,822 @@
+"""The registry store protocol, its records, input validation and the template base class.
+
+Every adapter subclasses :class:`BaseStore`: the public methods here validate input, skip empty
+batches and map driver exceptions to :mod:`contactmatch.errors`; the adapter implements only the
+private ``_method`` that does the driver work, on input that is already clean.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import NamedTuple, Protocol, Self, runtime_checkable
+
+from contactmatch.errors import ContactMatchError, InvalidInput, StoreError, UnknownUser
+
+__all__ = [
+    "MAX_BLOB",
+    "MAX_CIPHERTEXT",
+    "BaseStore",
+    "Discoverability",
+    "FilterDelta",
+    "FilterVersion",
+    "RegistryStore",
+    "Rekey",
+    "TakeResult",
+    "UserRecord",
+    "fingerprint",
+]
+
+TOKEN_MIN, TOKEN_MAX = 32, 64
+FP_MIN, FP_MAX = 4, 64
+MAX_CIPHERTEXT = 512
+MAX_BLOB = 256 * 1024 * 1024
+FINGERPRINT_LEN = 8
+_USER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+_KEY_ID = re.compile(r"[A-Za-z0-9._-]{1,32}")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
+_USER_ID_MATCH = _USER_ID.fullmatch
+_KEY_ID_MATCH = _KEY_ID.fullmatch
+
+
+class Discoverability(enum.StrEnum):
+    """Who may find a user by their number."""
+
+    EVERYONE = "everyone"
+    CONTACTS = "contacts"
+    NOBODY = "nobody"
+
+
+#: How the SQL adapters store a setting (a small integer column) and read it back.
+DISC_CODES = {Discoverability.EVERYONE: 0, Discoverability.CONTACTS: 1, Discoverability.NOBODY: 2}
+DISC_NAMES = {v: k for k, v in DISC_CODES.items()}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UserRecord:
+    """One registration: the token under a key id, the encrypted number, the setting, times.
+
+    Validated on construction (like attrs validators), so a record that exists is a valid
+    one and bulk loads need not re-check a million of them.
+
+    Raises:
+        InvalidInput: a field has the wrong type, length or charset.
+    """
+
+    user_id: str
+    token: bytes
+    key_id: str
+    number_ct: bytes
+    discoverability: Discoverability = Discoverability.EVERYONE
+    created_at: float
+    updated_at: float
+
+    def __post_init__(self) -> None:
+        tok, ct, cat, uat = self.token, self.number_ct, self.created_at, self.updated_at
+        if (
+            type(tok) is bytes
+            and TOKEN_MIN <= len(tok) <= TOKEN_MAX
+            and type(ct) is bytes
+            and 1 <= len(ct) <= MAX_CIPHERTEXT
+            and type(self.discoverability) is Discoverability
+            and type(cat) is float
+            and type(uat) is float
+            and 0.0 <= cat < math.inf
+            and 0.0 <= uat < math.inf
+            and type(self.user_id) is str
+            and type(self.key_id) is str
+            and _USER_ID_MATCH(self.user_id) is not None
+            and _KEY_ID_MATCH(self.key_id) is not None
+        ):
+            return  # the common case, kept to plain comparisons
+        # Normalise what is acceptable (bytearray, "everyone", int times), reject the rest.
+        # object.__setattr__ is the documented way to initialise a frozen dataclass.
+        set_ = object.__setattr__
+        set_(self, "user_id", check_user_id(self.user_id))
+        set_(self, "token", check_token(tok))
+        set_(self, "key_id", check_key_id(self.key_id))
+        set_(self, "number_ct", check_bytes(ct, "encrypted number", 1, MAX_CIPHERTEXT))
+        set_(self, "discoverability", check_discoverability(self.discoverability))
+        set_(self, "created_at", check_time(cat, "created_at"))
+        set_(self, "updated_at", check_time(uat, "updated_at"))
+
+    def __repr__(self) -> str:
+        # Tokens and ciphertexts never reach logs, not even through a debugger's repr.
+        return (
+            f"UserRecord(user_id={self.user_id!r}, key_id={self.key_id!r}, "
+            f"discoverability={self.discoverability.value!r})"
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Rekey:
+    """A token replacement for key rotation; applied only if the user still has ``old_token``."""
+
+    user_id: str
+    old_token: bytes
+    new_token: bytes
+    key_id: str
+    number_ct: bytes | None = None
+
+    def __repr__(self) -> str:
+        return f"Rekey(user_id={self.user_id!r}, key_id={self.key_id!r})"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FilterVersion:
+    """A published filter: an opaque blob, the OPRF key id it was built under, its log position."""
+
+    version: int
+    key_id: str
+    blob: bytes
+    log_seq: int
+    created_at: float
+
+    def __repr__(self) -> str:
+        return f"FilterVersion(version={self.version}, key_id={self.key_id!r})"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FilterDelta:
+    """Net membership change between two filter versions: add ``added``, drop ``removed``.
+
+    ``removed`` holds fingerprints (:func:`fingerprint`) only, so that a deleted account's token
+    is not kept in the log; clients apply ``removed`` first, then ``added``.
+    """
+
+    since: int
+    until: int
+    added: list[bytes]
+    removed: list[bytes]
+
+    def __repr__(self) -> str:
+        return (
+            f"FilterDelta(since={self.since}, until={self.until}, "
+            f"added={len(self.added)}, removed={len(self.removed)})"
+        )
+
+
+class TakeResult(NamedTuple):
+    """Outcome of one leaky-bucket take: allowed, else seconds until it would be."""
+
+    allowed: bool
+    retry_after: float
+
+
+def fingerprint(token: bytes) -> bytes:
+    """The 64-bit fingerprint a filter delta uses to name a removed token.
+
+    Tokens are pseudo-random function outputs, so their first eight bytes are already a uniform
+    64-bit fingerprint; hashing again would add cost and nothing else.
+    """
+    return bytes(token[:FINGERPRINT_LEN])
+
+
+def leak(level: float, updated: float, now: float, refill_per_s: float) -> float:
+    """Bucket level after draining since ``updated`` (never below zero, clock skew ignored)."""
+    return max(0.0, level - max(0.0, now - updated) * refill_per_s)
+
+
+def take_decision(
+    level: float, cost: float, capacity: float, refill_per_s: float
+) -> tuple[bool, float, float]:
+    """Leaky-bucket rule shared by the adapters that decide in Python: (allowed, retry, level)."""
+    new_level = level + cost
+    if new_level <= capacity:
+        return True, 0.0, new_level
+    if cost > capacity:
+        return False, math.inf, level
+    return False, (new_level - capacity) / refill_per_s, level
+
+
+@runtime_checkable
+class RegistryStore(Protocol):
+    """Everything the discovery service keeps, in batch methods; see ``docs/storage.md``."""
+
+    def put_users(self, users: Sequence[UserRecord]) -> None:
+        """Insert or replace registrations (upsert by user id)."""
+
+    def get_users(self, user_ids: Sequence[str]) -> list[UserRecord | None]:
+        """Registrations aligned with ``user_ids`` (None where unknown)."""
+
+    def lookup_tokens(self, tokens: Sequence[bytes]) -> list[UserRecord | None]:
+        """Registrations aligned with ``tokens`` (None where no user has the token)."""
+
+    def set_discoverability(self, changes: Mapping[str, Discoverability], now: float) -> None:
+        """Change users' discoverability; all or nothing."""
+
+    def rekey_users(self, updates: Sequence[Rekey], now: float) -> int:
+        """Replace tokens where they still match ``old_token``; returns how many changed."""
+
+    def scan_users(self, after: str | None, limit: int) -> list[UserRecord]:
+        """Up to ``limit`` registrations with user id > ``after``, in user id order."""
+
+    def count_users(self) -> int:
+        """Number of registrations."""
+
+    def delete_account(self, user_id: str) -> None:
+        """Erase a user: registration, number, uploads, rate state, filter membership."""
+
+    def replace_contacts(self, owner_id: str, tokens: Sequence[bytes], key_id: str) -> None:
+        """Replace the contact tokens ``owner_id`` uploaded (opt-in) with ``tokens``."""
+
+    def contact_owners(self, tokens: Sequence[bytes]) -> list[list[str]]:
+        """Owners holding each token in their uploads, aligned, each list sorted."""
+
+    def purge_contacts(self, keep_key_id: str) -> int:
+        """Drop uploads made under any other key id; returns how many tokens were dropped."""
+
+    def take(
+        self,
+        subject: str,
+        quota: str,
+        cost: float,
+        *,
+        capacity: float,
+        refill_per_s: float,
+        now: float,
+    ) -> TakeResult:
+        """Atomically add ``cost`` to a leaky bucket that drains at ``refill_per_s``."""
+
+    def count_unseen(self, subject: str, fingerprints: Sequence[bytes]) -> int:
+        """How many (distinct) fingerprints are not yet in ``subject``'s seen set."""
+
+    def add_seen(self, subject: str, fingerprints: Sequence[bytes]) -> int:
+        """Add fingerprints to ``subject``'s seen set; returns how many were new."""
+
+    def reset_seen(self, subject: str) -> None:
+        """Forget ``subject``'s seen set (a new quota window)."""
+
+    def put_filter(self, version: int, key_id: str, blob: bytes, now: float) -> FilterVersion:
+        """Publish a filter version at the current membership log position."""
+
+    def get_filter(self, version: int | None = None) -> FilterVersion | None:
+        """A filter version, or the latest one when ``version`` is None."""
+
+    def filter_delta(self, since: int, until: int | None = None) -> FilterDelta | None:
+        """Net membership change from version ``since`` to ``until`` (latest when None)."""
+
+    def compact_filters(self, keep_from: int) -> None:
+        """Drop filter versions below ``keep_from`` and the log entries only they needed."""
+
+    def incr_stats(self, deltas: Mapping[str, int]) -> None:
+        """Add to aggregate counters (names only, never identifiers)."""
+
+    def get_stats(self) -> dict[str, int]:
+        """All aggregate counters."""
+
+    def get_checkpoint(self, name: str) -> str | None:
+        """A named checkpoint (e.g. how far a key rotation got)."""
+
+    def set_checkpoint(self, name: str, value: str | None) -> None:
+        """Set or (None) clear a named checkpoint."""
+
+    def close(self) -> None:
+        """Release connections; the store is unusable afterwards."""
+
+
+# -- validation ----------------------------------------------------------------------------
+
+
+def check_user_id(value: object) -> str:
+    """A user id: 1-64 characters of ``[A-Za-z0-9._-]``, not starting with a separator."""
+    if not isinstance(value, str):
+        raise InvalidInput(f"user id must be str, not {type(value).__name__}")
+    if not _USER_ID.fullmatch(value):
+        # Shown only by length: a malformed id may be something personal pasted by mistake.
+        raise InvalidInput(f"malformed user id (length {len(value)})")
+    return value
+
+
+def check_key_id(value: object) -> str:
+    """A key id: 1-32 characters of ``[A-Za-z0-9._-]`` (ASCII bytes are accepted)."""
+    if isinstance(value, bytes | bytearray):
+        try:
+            value = bytes(value).decode("ascii")
+        except UnicodeDecodeError:
+            raise InvalidInput("key id must be ASCII") from None
+    if not isinstance(value, str):
+        raise InvalidInput(f"key id must be str or bytes, not {type(value).__name__}")
+    if not _KEY_ID.fullmatch(value):
+        raise InvalidInput(f"malformed key id (length {len(value)})")
+    return value
+
+
+def check_name(value: object, what: str) -> str:
+    """A quota, statistic or checkpoint name: 1-64 of ``[A-Za-z0-9._:-]``."""
+    if not isinstance(value, str):
+        raise InvalidInput(f"{what} must be str, not {type(value).__name__}")
+    if not _NAME.fullmatch(value):
+        raise InvalidInput(f"malformed {what} (length {len(value)})")
+    return value
+
+
+def check_bytes(value: object, what: str, lo: int, hi: int) -> bytes:
+    """Bytes of length ``lo..hi`` (bytearray and memoryview are copied to bytes)."""
+    if isinstance(value, bytearray | memoryview):
+        value = bytes(value)
+    if not isinstance(value, bytes):
+        raise InvalidInput(f"{what} must be bytes, not {type(value).__name__}")
+    if not lo <= len(value) <= hi:
+        raise InvalidInput(f"{what} must be {lo}-{hi} bytes, got {len(value)}")
+    return value
+
+
+def check_token(value: object) -> bytes:
+    """A token: 32-64 bytes."""
+    return check_bytes(value, "token", TOKEN_MIN, TOKEN_MAX)
+
+
+def check_time(value: object, what: str = "timestamp") -> float:
+    """A finite, non-negative number of seconds."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidInput(f"{what} must be a number, not {type(value).__name__}")
+    f = float(value)
+    if not math.isfinite(f) or f < 0:
+        raise InvalidInput(f"{what} must be finite and >= 0")
+    return f
+
+
+def check_int(value: object, what: str, lo: int, hi: int) -> int:
+    """An int in ``lo..hi`` (bool rejected)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidInput(f"{what} must be int, not {type(value).__name__}")
+    if not lo <= value <= hi:
+        raise InvalidInput(f"{what} must be in {lo}..{hi}")
+    return value
+
+
+_DISC_BY_VALUE = {d.value: d for d in Discoverability}
+
+
+def check_discoverability(value: object) -> Discoverability:
+    """A :class:`Discoverability` or its string value."""
+    if isinstance(value, str) and value in _DISC_BY_VALUE:
+        return _DISC_BY_VALUE[value]
+    raise InvalidInput("discoverability must be everyone, contacts or nobody")
+
+
+def check_record(rec: object) -> UserRecord:
+    """A :class:`UserRecord` (valid by construction, so only the type is checked here)."""
+    if type(rec) is not UserRecord and not isinstance(rec, UserRecord):
+        raise InvalidInput(f"expected UserRecord, not {type(rec).__name__}")
+    return rec
+
+
+def check_sequence(value: object, what: str) -> Sequence[object]:
+    """A list or tuple (a lone str/bytes is rejected: it would iterate characters)."""
+    if isinstance(value, str | bytes | bytearray | memoryview) or not isinstance(value, Sequence):
+        raise InvalidInput(f"{what} must be a sequence, not {type(value).__name__}")
+    return value
+
+
+def _fingerprints(values: object) -> list[bytes]:
+    """Distinct seen-set fingerprints (4-64 bytes each), first occurrence order."""
+    return list(
+        dict.fromkeys(
+            check_bytes(f, "fingerprint", FP_MIN, FP_MAX)
+            for f in check_sequence(values, "fingerprints")
+        )
+    )
+
+
+def no_duplicates(values: Sequence[object], what: str) -> None:
+    """Refuse a batch that names the same thing twice (its outcome would depend on order)."""
+    if len(set(values)) != len(values):
+        raise InvalidInput(f"duplicate {what} in one batch")
+
+
+# -- the template base class ---------------------------------------------------------------
+
+
+class BaseStore:
+    """Public methods validate and map errors; subclasses implement the ``_methods``."""
+
+    #: Scheme names this adapter is registered under (for messages only).
+    name = "base"
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def _mapped(self, op: str) -> Iterator[None]:
+        """Let library errors through; turn anything the driver raises into a StoreError."""
+        try:
+            yield
+        except ContactMatchError:
+            raise
+        except Exception as exc:
+            err = self._translate(exc, op)
+            if self._may_chain(exc):
+                raise err from exc
+            raise err from None
+
+    def _translate(self, exc: Exception, op: str) -> StoreError:
+        """The most specific library error for a driver exception; adapters refine this."""
+        return StoreError(f"{self.name}: {op} failed ({type(exc).__name__})")
+
+    def _may_chain(self, exc: Exception) -> bool:  # noqa: ARG002 - adapters look at exc
+        """Whether ``exc`` may ride along as ``__cause__`` (False if it quotes stored values)."""
+        return True
+
+    # users --------------------------------------------------------------------------------
+
+    def put_users(self, users: Sequence[UserRecord]) -> None:
+        """Insert or replace registrations (upsert by user id), all or nothing.
+
+        Redis applies batches over 1,000 records one atomic chunk at a time (a longer script
+        would block every other client).
+
+        Args:
+            users: records; user ids and tokens must be unique within the batch.
+
+        Raises:
+            InvalidInput: a malformed record or a duplicate in the batch.
+            Conflict: a token already belongs to another user.
+        """
+        recs = [check_record(r) for r in check_sequence(users, "users")]
+        if len({r.user_id for r in recs}) != len(recs):
+            raise InvalidInput("duplicate user id in one batch")
+        if len({r.token for r in recs}) != len(recs):
+            raise InvalidInput("duplicate token in one batch")
+        if recs:
+            with self._mapped("put_users"):
+                self._put_users(recs)
+
+    def get_users(self, user_ids: Sequence[str]) -> list[UserRecord | None]:
+        """Registrations aligned with ``user_ids``.
+
+        Returns:
+            One entry per id: the record, or None if no such user.
+        """
+        ids = [check_user_id(u) for u in check_sequence(user_ids, "user ids")]
+        if not ids:
+            return []
+        with self._mapped("get_users"):
+            return self._get_users(ids)
+
+    def lookup_tokens(self, tokens: Sequence[bytes]) -> list[UserRecord | None]:
+        """Registrations aligned with ``tokens`` (the service applies discoverability).
+
+        Returns:
+            One entry per token: the registered user's record, or None.
+        """
+        toks = [check_token(t) for t in check_sequence(tokens, "tokens")]
+        if not toks:
+            return []
+        with self._mapped("lookup_tokens"):
+            return self._lookup_tokens(toks)
+
+    def set_discoverability(self, changes: Mapping[str, Discoverability], now: float) -> None:
+        """Change discoverability for several users; all or nothing.
+
+        Raises:
+            UnknownUser: one of the users is not registered (nothing is changed).
+        """
+        if not isinstance(changes, Mapping):
+            raise InvalidInput("changes must be a mapping of user id to discoverability")
+        clean = {check_user_id(k): check_discoverability(v) for k, v in changes.items()}
+        t = check_time(now, "now")
+        if clean:
+            with self._mapped("set_discoverability"):
+                self._set_discoverability(clean, t)
+
+    def rekey_users(self, updates: Sequence[Rekey], now: float) -> int:
+        """Replace tokens (key rotation) where the stored token still equals ``old_token``.
+
+        Returns:
+            How many users changed; users deleted or re-registered meanwhile are skipped.
+
+        Raises:
+            Conflict: a new token already belongs to another user.
+        """
+        clean: list[Rekey] = []
+        for u in check_sequence(updates, "updates"):
+            if not isinstance(u, Rekey):
+                raise InvalidInput(f"expected Rekey, not {type(u).__name__}")
+            ct = u.number_ct
+            clean.append(
+                Rekey(
+                    user_id=check_user_id(u.user_id),
+                    old_token=check_token(u.old_token),
+                    new_token=check_token(u.new_token),
+                    key_id=check_key_id(u.key_id),
+                    number_ct=None
+                    if ct is None
+                    else check_bytes(ct, "encrypted number", 1, MAX_CIPHERTEXT),
+                )
+            )
+        no_duplicates([u.user_id for u in clean], "user id")
+        no_duplicates([u.new_token for u in clean], "token")
+        t = check_time(now, "now")
+        if not clean:
+            return 0
+        with self._mapped("rekey_users"):
+            return self._rekey_users(clean, t)
+
+    def scan_users(self, after: str | None, limit: int) -> list[UserRecord]:
+        """Page through registrations in user id order (key rotation, exports).
+
+        Args:
+            after: the last user id of the previous page, or None to start.
+            limit: page size, 1..100000.
+        """
+        a = None if after is None else check_user_id(after)
+        n = check_int(limit, "limit", 1, 100_000)
+        with self._mapped("scan_users"):
+            return self._scan_users(a, n)
+
+    def count_users(self) -> int:
+        """Number of registrations."""
+        with self._mapped("count_users"):
+            return self._count_users()
+
+    def delete_account(self, user_id: str) -> None:
+        """Erase a user in one transaction; see ``docs/storage.md`` (Erasure).
+
+        Removes the registration, encrypted number, uploaded contact tokens, rate-limit state
+        and seen set, and filter membership: the log gains a removal by fingerprint and loses
+        the entries that carried the user's token.
+
+        Raises:
+            UnknownUser: no such user.
+        """
+        uid = check_user_id(user_id)
+        with self._mapped("delete_account"):
+            if not self._delete_account(uid):
+                raise UnknownUser(f"no registered user {uid!r}")
+
+    # contacts -----------------------------------------------------------------------------
+
+    def replace_contacts(self, owner_id: str, tokens: Sequence[bytes], key_id: str) -> None:
+        """Replace everything ``owner_id`` uploaded with ``tokens`` (empty: withdraw opt-in).
+
+        Raises:
+            UnknownUser: the owner is not registered.
+        """
+        owner = check_user_id(owner_id)
+        toks = list(dict.fromkeys(check_token(t) for t in check_sequence(tokens, "tokens")))
+        kid = check_key_id(key_id)
+        with self._mapped("replace_contacts"):
+            if not self._replace_contacts(owner, toks, kid):
+                raise UnknownUser(f"no registered user {owner!r}")
+
+    def contact_owners(self, tokens: Sequence[bytes]) -> list[list[str]]:
+        """Which owners uploaded each token ("your contact joined"), aligned with ``tokens``."""
+        toks = [check_token(t) for t in check_sequence(tokens, "tokens")]
+        if not toks:
+            return []
+        with self._mapped("contact_owners"):
+            return [sorted(o) for o in self._contact_owners(toks)]
+
+    def purge_contacts(self, keep_key_id: str) -> int:
+        """Drop uploaded tokens made under any key id other than ``keep_key_id``.
+
+        Returns:
+            How many uploaded tokens were dropped.
+        """
+        kid = check_key_id(keep_key_id)
+        with self._mapped("purge_contacts"):
+            return self._purge_contacts(kid)
+
+    # rate limits --------------------------------------------------------------------------
+
+    def take(
+        self,
+        subject: str,
+        quota: str,
+        cost: float,
+        *,
+        capacity: float,
+        refill_per_s: float,
+        now: float,
+    ) -> TakeResult:
+        """Atomically add ``cost`` to ``subject``'s bucket for ``quota`` if it fits.
+
+        The bucket drains at ``refill_per_s``; a take that would overflow ``capacity`` changes
+        nothing and reports how long until it would fit (``inf`` if it never can).
+
+        Returns:
+            :class:`TakeResult` (allowed, retry_after seconds).
+        """
+        subj = check_user_id(subject)
+        q = check_name(quota, "quota")
+        c = check_time(cost, "cost")
+        cap = check_time(capacity, "capacity")
+        r = check_time(refill_per_s, "refill_per_s")
+        if cap <= 0 or r <= 0:
+            raise InvalidInput("capacity and refill_per_s must be > 0")
+        t = check_time(now, "now")
+        with self._mapped("take"):
+            return self._take(subj, q, c, capacity=cap, refill=r, now=t)
+
+    def count_unseen(self, subject: str, fingerprints: Sequence[bytes]) -> int:
+        """Count fingerprints new to ``subject`` without remembering them.
+
+        Lets a rate limiter charge first and remember only after the charge succeeded.
+
+        Returns:
+            How many distinct fingerprints are not in the seen set.
+        """
+        subj = check_user_id(subject)
+        fps = _fingerprints(fingerprints)
+        if not fps:
+            return 0
+        with self._mapped("count_unseen"):
+            return self._count_unseen(subj, fps)
+
+    def add_seen(self, subject: str, fingerprints: Sequence[bytes]) -> int:
+        """Add fingerprints to ``subject``'s seen set.
+
+        Returns:
+            How many of them were not in the set before (duplicates in the batch count once).
+        """
+        subj = check_user_id(subject)
+        fps = _fingerprints(fingerprints)
+        if not fps:
+            return 0
+        with self._mapped("add_seen"):
+            return self._add_seen(subj, fps)
+
+    def reset_seen(self, subject: str) -> None:
+        """Forget ``subject``'s seen set."""
+        subj = check_user_id(subject)
+        with self._mapped("reset_seen"):
+            self._reset_seen(subj)
+
+    # filter -------------------------------------------------------------------------------
+
+    def put_filter(self, version: int, key_id: str, blob: bytes, now: float) -> FilterVersion:
+        """Store a filter version, pinned to the current membership log position.
+
+        Raises:
+            Conflict: the version exists, or is not above the latest one.
+        """
+        v = check_int(version, "version", 1, 2**62)
+        kid = check_key_id(key_id)
+        b = check_bytes(blob, "filter blob", 0, MAX_BLOB)
+        t = check_time(now, "now")
+        with self._mapped("put_filter"):
+            return self._put_filter(v, kid, b, t)
+
+    def get_filter(self, version: int | None = None) -> FilterVersion | None:
+        """A stored filter version (latest when ``version`` is None), or None."""
+        v = None if version is None else check_int(version, "version", 1, 2**62)
+        with self._mapped("get_filter"):
+            return self._get_filter(v)
+
+    def filter_delta(self, since: int, until: int | None = None) -> FilterDelta | None:
+        """Net membership change between two filter versions.
+
+        Args:
+            since: the version the client holds.
+            until: the target version; None means the latest published version.
+
+        Returns:
+            The delta, or None if either version is unknown (compacted away: fetch in full).
+        """
+        s = check_int(since, "since", 1, 2**62)
+        u = None if until is None else check_int(until, "until", 1, 2**62)
+        if u is not None and u < s:
+            raise InvalidInput("until must be >= since")
+        with self._mapped("filter_delta"):
+            return self._filter_delta(s, u)
+
+    def compact_filters(self, keep_from: int) -> None:
+        """Drop versions below ``keep_from`` and log entries at or before its position."""
+        v = check_int(keep_from, "keep_from", 1, 2**62)
+        with self._mapped("compact_filters"):
+            self._compact_filters(v)
+
+    # stats and checkpoints ----------------------------------------------------------------
+
+    def incr_stats(self, deltas: Mapping[str, int]) -> None:
+        """Add to aggregate counters by name."""
+        if not isinstance(deltas, Mapping):
+            raise InvalidInput("deltas must be a mapping of name to int")
+        clean = {
+            check_name(k, "statistic"): check_int(v, "increment", -(2**53), 2**53)
+            for k, v in deltas.items()
+        }
+        if clean:
+            with self._mapped("incr_stats"):
+                self._incr_stats(clean)
+
+    def get_stats(self) -> dict[str, int]:
+        """All aggregate counters."""
+        with self._mapped("get_stats"):
+            return self._get_stats()
+
+    def get_checkpoint(self, name: str) -> str | None:
+        """A named checkpoint, or None."""
+        n = check_name(name, "checkpoint")
+        with self._mapped("get_checkpoint"):
+            return self._get_checkpoint(n)
+
+    def set_checkpoint(self, name: str, value: str | None) -> None:
+        """Set a named checkpoint, or clear it with None."""
+        n = check_name(name, "checkpoint")
+        if value is not None and (not isinstance(value, str) or len(value) > 1024):
+            raise InvalidInput("checkpoint value must be a str of at most 1024 characters")
+        with self._mapped("set_checkpoint"):
+            self._set_checkpoint(n, value)
+
+    def close(self) -> None:
+        """Release connections."""
+        with self._mapped("close"):
+            self._close()
+
+    # driver work (adapters implement) -----------------------------------------------------
+
+    def _put_users(self, users: list[UserRecord]) -> None:
+        raise NotImplementedError
+
+    def _get_users(self, user_ids: list[str]) -> list[UserRecord | None]:
+        raise NotImplementedError
+
+    def _lookup_tokens(self, tokens: list[bytes]) -> list[UserRecord | None]:
+        raise NotImplementedError
+
+    def _set_discoverability(self, changes: dict[str, Discoverability], now: float) -> None:
+        raise NotImplementedError
+
+    def _rekey_users(self, updates: list[Rekey], now: float) -> int:
+        raise NotImplementedError
+
+    def _scan_users(self, after: str | None, limit: int) -> list[UserRecord]:
+        raise NotImplementedError
+
+    def _count_users(self) -> int:
+        raise NotImplementedError
+
+    def _delete_account(self, user_id: str) -> bool:
+        raise NotImplementedError
+
+    def _replace_contacts(self, owner_id: str, tokens: list[bytes], key_id: str) -> bool:
+        raise NotImplementedError
+
+    def _contact_owners(self, tokens: list[bytes]) -> list[list[str]]:
+        raise NotImplementedError
+
+    def _purge_contacts(self, keep_key_id: str) -> int:
+        raise NotImplementedError
+
+    def _take(
+        self, subject: str, quota: str, cost: float, *, capacity: float, refill: float, now: float
+    ) -> TakeResult:
+        raise NotImplementedError
+
+    def _count_unseen(self, subject: str, fingerprints: list[bytes]) -> int:
+        raise NotImplementedError
+
+    def _add_seen(self, subject: str, fingerprints: list[bytes]) -> int:
+        raise NotImplementedError
+
+    def _reset_seen(self, subject: str) -> None:
+        raise NotImplementedError
+
+    def _put_filter(self, version: int, key_id: str, blob: bytes, now: float) -> FilterVersion:
+        raise NotImplementedError
+
+    def _get_filter(self, version: int | None) -> FilterVersion | None:
+        raise NotImplementedError
+
+    def _filter_delta(self, since: int, until: int | None) -> FilterDelta | None:
+        raise NotImplementedError
+
+    def _compact_filters(self, keep_from: int) -> None:
+        raise NotImplementedError
+
+    def _incr_stats(self, deltas: dict[str, int]) -> None:
+        raise NotImplementedError
+
+    def _get_stats(self) -> dict[str, int]:
+        raise NotImplementedError
+
+    def _get_checkpoint(self, name: str) -> str | None:
+        raise NotImplementedError
+
+    def _set_checkpoint(self, name: str, value: str | None) -> None:
+        raise NotImplementedError
+
+    def _close(self) -> None:
+        raise NotImplementedError
+
+
+def net_delta(
+    since: int, until: int, entries: Sequence[tuple[int, bool, bytes | None, bytes]]
+) -> FilterDelta:
+    """Fold ordered log entries ``(seq, is_add, token, fp)`` into a net :class:`FilterDelta`."""
+    state: dict[bytes, bytes | None] = {}
+    for _seq, is_add, token, fp in sorted(entries, key=lambda e: e[0]):
+        state[fp] = token if is_add else None
+    added = [t for t in state.values() if t is not None]
+    removed = [fp for fp, t in state.items() if t is None]
+    return FilterDelta(since=since, until=until, added=added, removed=removed)

@@ -1,0 +1,548 @@
+"""PostgreSQL adapter (``postgresql://...``) on psycopg 3 and psycopg-pool.
+
+A connection pool shared by threads; every multi-row change in one transaction; bulk loads by
+binary ``COPY``; forward-only migrations recorded in ``cm_meta``. ``?schema=name`` in the URL (or
+``schema=``) puts every table in that schema (``search_path``), which is how tests isolate.
+Filter membership is logged by statement-level triggers with transition tables, so ``COPY``,
+upserts, updates and deletes all log through one set-based statement rather than per row.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import psycopg
+import psycopg_pool
+from psycopg import sql
+
+from contactmatch.errors import (
+    Conflict,
+    InvalidInput,
+    SchemaVersionError,
+    StoreError,
+    StoreUnavailable,
+    UnknownUser,
+)
+from contactmatch.stores.base import (
+    DISC_CODES,
+    DISC_NAMES,
+    BaseStore,
+    Discoverability,
+    FilterDelta,
+    FilterVersion,
+    Rekey,
+    TakeResult,
+    UserRecord,
+    leak,
+    net_delta,
+    take_decision,
+)
+
+__all__ = ["SCHEMA_VERSION", "PostgresStore"]
+
+_SCHEMA = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+USER_COLS = "user_id, token, key_id, number_ct, disc, created_at, updated_at"
+USER_TYPES = ["text", "bytea", "text", "bytea", "int2", "float8", "float8"]
+COPY_USERS = f"COPY users ({USER_COLS}) FROM STDIN (FORMAT BINARY)"
+
+# Forward-only migrations: index i brings the schema from version i to i + 1.
+MIGRATIONS: list[str] = [
+    """
+    CREATE TABLE users (
+        user_id text COLLATE "C" PRIMARY KEY,
+        token bytea NOT NULL UNIQUE,
+        key_id text NOT NULL,
+        number_ct bytea NOT NULL,
+        disc smallint NOT NULL,
+        created_at double precision NOT NULL,
+        updated_at double precision NOT NULL
+    );
+    CREATE TABLE contacts (
+        owner text NOT NULL,
+        token bytea NOT NULL,
+        key_id text NOT NULL,
+        PRIMARY KEY (owner, token)
+    );
+    CREATE INDEX contacts_token ON contacts (token);
+    CREATE TABLE buckets (
+        subject text NOT NULL,
+        quota text NOT NULL,
+        level double precision NOT NULL,
+        updated double precision NOT NULL,
+        PRIMARY KEY (subject, quota)
+    );
+    CREATE TABLE seen (subject text NOT NULL, fp bytea NOT NULL, PRIMARY KEY (subject, fp));
+    CREATE TABLE filters (
+        version bigint PRIMARY KEY,
+        key_id text NOT NULL,
+        blob bytea NOT NULL,
+        log_seq bigint NOT NULL,
+        created_at double precision NOT NULL
+    );
+    CREATE TABLE mlog (
+        seq bigserial PRIMARY KEY,
+        is_add boolean NOT NULL,
+        token bytea,
+        fp bytea NOT NULL
+    );
+    CREATE INDEX mlog_token ON mlog (token) WHERE token IS NOT NULL;
+    CREATE TABLE stats (name text PRIMARY KEY, value bigint NOT NULL);
+    CREATE TABLE checkpoints (name text PRIMARY KEY, value text NOT NULL);
+
+    CREATE FUNCTION mlog_ins() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        INSERT INTO mlog (is_add, token, fp)
+            SELECT true, n.token, substring(n.token FROM 1 FOR 8) FROM new_rows n
+            WHERE n.disc = 0;
+        RETURN NULL;
+    END $$;
+    CREATE FUNCTION mlog_upd() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        DELETE FROM mlog m USING old_rows o JOIN new_rows n USING (user_id)
+            WHERE o.disc = 0 AND (n.disc <> 0 OR n.token <> o.token) AND m.token = o.token;
+        INSERT INTO mlog (is_add, token, fp)
+            SELECT false, NULL, substring(o.token FROM 1 FOR 8)
+            FROM old_rows o JOIN new_rows n USING (user_id)
+            WHERE o.disc = 0 AND (n.disc <> 0 OR n.token <> o.token);
+        INSERT INTO mlog (is_add, token, fp)
+            SELECT true, n.token, substring(n.token FROM 1 FOR 8)
+            FROM old_rows o JOIN new_rows n USING (user_id)
+            WHERE n.disc = 0 AND (o.disc <> 0 OR n.token <> o.token);
+        RETURN NULL;
+    END $$;
+    CREATE FUNCTION mlog_del() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        DELETE FROM mlog m USING old_rows o WHERE o.disc = 0 AND m.token = o.token;
+        INSERT INTO mlog (is_add, token, fp)
+            SELECT false, NULL, substring(o.token FROM 1 FOR 8) FROM old_rows o
+            WHERE o.disc = 0;
+        RETURN NULL;
+    END $$;
+    CREATE TRIGGER users_ins AFTER INSERT ON users REFERENCING NEW TABLE AS new_rows
+        FOR EACH STATEMENT EXECUTE FUNCTION mlog_ins();
+    CREATE TRIGGER users_upd AFTER UPDATE ON users
+        REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
+        FOR EACH STATEMENT EXECUTE FUNCTION mlog_upd();
+    CREATE TRIGGER users_del AFTER DELETE ON users REFERENCING OLD TABLE AS old_rows
+        FOR EACH STATEMENT EXECUTE FUNCTION mlog_del();
+    """,
+]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def user_row(u: UserRecord) -> tuple[str, bytes, str, bytes, int, float, float]:
+    """The COPY row for one record (shared with the benchmark's bare baseline)."""
+    return (
+        u.user_id,
+        u.token,
+        u.key_id,
+        u.number_ct,
+        DISC_CODES[u.discoverability],
+        u.created_at,
+        u.updated_at,
+    )
+
+
+def _record(row: Sequence[Any]) -> UserRecord:
+    return UserRecord(
+        user_id=row[0],
+        token=bytes(row[1]),
+        key_id=row[2],
+        number_ct=bytes(row[3]),
+        discoverability=DISC_NAMES[row[4]],
+        created_at=row[5],
+        updated_at=row[6],
+    )
+
+
+def split_url(url: str, schema: str | None) -> tuple[str, str]:
+    """Remove our own ``schema`` query option (libpq would reject it); return (conninfo, schema)."""
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    ours = [v for k, v in query if k == "schema"]
+    rest = [(k, v) for k, v in query if k != "schema"]
+    chosen = schema if schema is not None else (ours[-1] if ours else "public")
+    if not _SCHEMA.fullmatch(chosen):
+        raise InvalidInput("schema must match [a-z_][a-z0-9_]{0,62}")
+    scheme = "postgresql"
+    return urlunsplit((scheme, parts.netloc, parts.path, urlencode(rest), "")), chosen
+
+
+class PostgresStore(BaseStore):
+    """PostgreSQL :class:`~contactmatch.stores.base.RegistryStore` with a connection pool."""
+
+    name = "postgresql"
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        schema: str | None = None,
+        min_size: int = 1,
+        max_size: int = 8,
+        timeout: float = 10.0,
+    ) -> None:
+        """Connect, create the schema if needed and apply pending migrations.
+
+        Args:
+            url: a libpq URL, optionally with ``?schema=name``.
+            schema: overrides the URL's schema (default ``public``).
+            min_size: connections kept open.
+            max_size: most connections the pool opens.
+            timeout: seconds to wait for a connection before StoreUnavailable.
+
+        Raises:
+            StoreUnavailable: the server cannot be reached.
+            SchemaVersionError: the schema was written by a newer contactmatch.
+        """
+        conninfo, self.schema = split_url(url, schema)
+        with self._mapped("open"):
+            self._pool = psycopg_pool.ConnectionPool(
+                conninfo,
+                min_size=min_size,
+                max_size=max_size,
+                timeout=timeout,
+                kwargs={"options": f"-c search_path={self.schema}"},
+                open=False,
+            )
+            try:
+                self._pool.open(wait=True, timeout=timeout)
+                self._migrate()
+            except BaseException:
+                self._pool.close()
+                raise
+
+    def _migrate(self) -> None:
+        with self._pool.connection() as conn, conn.transaction():
+            # Concurrent first opens would race on CREATE SCHEMA and the migrations.
+            conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"cm:{self.schema}",))
+            conn.execute(
+                sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(self.schema))
+            )
+            conn.execute("CREATE TABLE IF NOT EXISTS cm_meta (key text PRIMARY KEY, value text)")
+            row = conn.execute("SELECT value FROM cm_meta WHERE key = 'schema_version'").fetchone()
+            version = 0 if row is None else int(row[0])
+            if version > SCHEMA_VERSION:
+                raise SchemaVersionError(
+                    f"schema v{version} is newer than this library (v{SCHEMA_VERSION})"
+                )
+            for i in range(version, SCHEMA_VERSION):
+                conn.execute(MIGRATIONS[i].encode())
+            conn.execute(
+                "INSERT INTO cm_meta VALUES ('schema_version', %s) "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (str(SCHEMA_VERSION),),
+            )
+
+    @contextmanager
+    def _tx(self) -> Iterator[psycopg.Cursor[Any]]:
+        with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
+            yield cur
+
+    def _translate(self, exc: Exception, op: str) -> StoreError:
+        if isinstance(exc, psycopg.errors.IntegrityError):
+            return Conflict(f"postgresql: {op}: constraint violated ({exc.diag.constraint_name})")
+        if isinstance(exc, psycopg_pool.PoolTimeout | psycopg.OperationalError):
+            return StoreUnavailable(f"postgresql: {op}: server unavailable ({type(exc).__name__})")
+        return super()._translate(exc, op)
+
+    def _may_chain(self, exc: Exception) -> bool:
+        # An integrity error's DETAIL quotes the conflicting key, i.e. a token.
+        return not isinstance(exc, psycopg.errors.IntegrityError)
+
+    # users --------------------------------------------------------------------------------
+
+    def _put_users(self, users: list[UserRecord]) -> None:
+        with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
+            try:
+                # Fast path for new registrations: straight COPY; a savepoint lets us fall
+                # back to the upsert if any user (or token) already exists.
+                with conn.transaction(), cur.copy(COPY_USERS) as cp:
+                    cp.set_types(USER_TYPES)
+                    for u in users:
+                        cp.write_row(user_row(u))
+            except psycopg.errors.UniqueViolation:
+                pass
+            else:
+                return
+            cur.execute("CREATE TEMP TABLE users_in (LIKE users) ON COMMIT DROP")
+            with cur.copy(COPY_USERS.replace("users", "users_in", 1)) as cp:
+                cp.set_types(USER_TYPES)
+                for u in users:
+                    cp.write_row(user_row(u))
+            # Checked first so a token conflict never reaches the server log with its DETAIL.
+            cur.execute(
+                "SELECT 1 FROM users_in i JOIN users u ON u.token = i.token "
+                "AND u.user_id <> i.user_id LIMIT 1"
+            )
+            if cur.fetchone() is not None:
+                raise Conflict("a token in the batch belongs to another user")
+            cur.execute(
+                f"INSERT INTO users ({USER_COLS}) SELECT {USER_COLS} FROM users_in "  # noqa: S608
+                "ON CONFLICT (user_id) DO UPDATE SET token = excluded.token, "
+                "key_id = excluded.key_id, number_ct = excluded.number_ct, "
+                "disc = excluded.disc, updated_at = excluded.updated_at"
+            )
+
+    def _get_users(self, user_ids: list[str]) -> list[UserRecord | None]:
+        with self._tx() as cur:
+            cur.execute(
+                f"SELECT {USER_COLS} FROM users WHERE user_id = ANY(%s)",  # noqa: S608
+                (user_ids,),
+            )
+            found = {r[0]: _record(r) for r in cur.fetchall()}
+        return [found.get(u) for u in user_ids]
+
+    def _lookup_tokens(self, tokens: list[bytes]) -> list[UserRecord | None]:
+        with self._tx() as cur:
+            cur.execute(
+                f"SELECT {USER_COLS} FROM users WHERE token = ANY(%s::bytea[])",  # noqa: S608
+                (tokens,),
+            )
+            found = {bytes(r[1]): _record(r) for r in cur.fetchall()}
+        return [found.get(t) for t in tokens]
+
+    def _set_discoverability(self, changes: dict[str, Discoverability], now: float) -> None:
+        ids = list(changes)
+        with self._tx() as cur:
+            cur.execute(
+                "UPDATE users u SET disc = c.disc, updated_at = %s "
+                "FROM unnest(%s::text[], %s::int2[]) AS c(uid, disc) WHERE u.user_id = c.uid",
+                (now, ids, [DISC_CODES[d] for d in changes.values()]),
+            )
+            if cur.rowcount != len(ids):
+                cur.execute(
+                    "SELECT x FROM unnest(%s::text[]) x "
+                    "WHERE NOT EXISTS (SELECT 1 FROM users WHERE user_id = x) LIMIT 1",
+                    (ids,),
+                )
+                row = cur.fetchone()
+                raise UnknownUser(f"no registered user {row[0] if row else '?'!r}")
+
+    def _rekey_users(self, updates: list[Rekey], now: float) -> int:
+        with self._tx() as cur:
+            cur.execute(
+                "UPDATE users u SET token = r.new, key_id = r.kid, "
+                "number_ct = coalesce(r.ct, u.number_ct), updated_at = %s "
+                "FROM unnest(%s::text[], %s::bytea[], %s::bytea[], %s::text[], %s::bytea[]) "
+                "AS r(uid, old, new, kid, ct) WHERE u.user_id = r.uid AND u.token = r.old",
+                (
+                    now,
+                    [u.user_id for u in updates],
+                    [u.old_token for u in updates],
+                    [u.new_token for u in updates],
+                    [u.key_id for u in updates],
+                    [u.number_ct for u in updates],
+                ),
+            )
+            return max(cur.rowcount, 0)
+
+    def _scan_users(self, after: str | None, limit: int) -> list[UserRecord]:
+        with self._tx() as cur:
+            cur.execute(
+                f"SELECT {USER_COLS} FROM users WHERE user_id > %s "  # noqa: S608
+                "ORDER BY user_id LIMIT %s",
+                (after or "", limit),
+            )
+            return [_record(r) for r in cur.fetchall()]
+
+    def _count_users(self) -> int:
+        with self._tx() as cur:
+            cur.execute("SELECT count(*) FROM users")
+            row = cur.fetchone()
+        return int(row[0]) if row else 0
+
+    def _delete_account(self, user_id: str) -> bool:
+        with self._tx() as cur:
+            cur.execute("DELETE FROM users WHERE user_id = %s", (user_id,))
+            if cur.rowcount == 0:
+                return False
+            cur.execute("DELETE FROM contacts WHERE owner = %s", (user_id,))
+            cur.execute("DELETE FROM buckets WHERE subject = %s", (user_id,))
+            cur.execute("DELETE FROM seen WHERE subject = %s", (user_id,))
+            return True
+
+    # contacts -----------------------------------------------------------------------------
+
+    def _replace_contacts(self, owner_id: str, tokens: list[bytes], key_id: str) -> bool:
+        with self._tx() as cur:
+            # FOR SHARE: a concurrent delete_account must not slip in between check and insert.
+            cur.execute("SELECT 1 FROM users WHERE user_id = %s FOR SHARE", (owner_id,))
+            if cur.fetchone() is None:
+                return False
+            cur.execute("DELETE FROM contacts WHERE owner = %s", (owner_id,))
+            if tokens:
+                cur.execute(
+                    "INSERT INTO contacts (owner, token, key_id) "
+                    "SELECT %s, t, %s FROM unnest(%s::bytea[]) t",
+                    (owner_id, key_id, tokens),
+                )
+            return True
+
+    def _contact_owners(self, tokens: list[bytes]) -> list[list[str]]:
+        with self._tx() as cur:
+            cur.execute(
+                "SELECT token, owner FROM contacts WHERE token = ANY(%s::bytea[])", (tokens,)
+            )
+            owners: dict[bytes, list[str]] = {}
+            for tok, owner in cur.fetchall():
+                owners.setdefault(bytes(tok), []).append(owner)
+        return [owners.get(t, []) for t in tokens]
+
+    def _purge_contacts(self, keep_key_id: str) -> int:
+        with self._tx() as cur:
+            cur.execute("DELETE FROM contacts WHERE key_id <> %s", (keep_key_id,))
+            return max(cur.rowcount, 0)
+
+    # rate limits --------------------------------------------------------------------------
+
+    def _take(
+        self, subject: str, quota: str, cost: float, *, capacity: float, refill: float, now: float
+    ) -> TakeResult:
+        with self._tx() as cur:
+            # Make sure the row exists, then lock it: the decision and the write are atomic
+            # with respect to every other process taking from the same bucket.
+            cur.execute(
+                "INSERT INTO buckets VALUES (%s, %s, 0, %s) ON CONFLICT DO NOTHING",
+                (subject, quota, now),
+            )
+            cur.execute(
+                "SELECT level, updated FROM buckets WHERE subject = %s AND quota = %s FOR UPDATE",
+                (subject, quota),
+            )
+            row = cur.fetchone()
+            assert row is not None
+            level, updated = float(row[0]), float(row[1])
+            allowed, retry, level = take_decision(
+                leak(level, updated, now, refill), cost, capacity, refill
+            )
+            cur.execute(
+                "UPDATE buckets SET level = %s, updated = %s WHERE subject = %s AND quota = %s",
+                (level, max(now, updated), subject, quota),
+            )
+            return TakeResult(allowed, retry)
+
+    def _count_unseen(self, subject: str, fingerprints: list[bytes]) -> int:
+        with self._tx() as cur:
+            cur.execute(
+                "SELECT count(*) FROM seen WHERE subject = %s AND fp = ANY(%s::bytea[])",
+                (subject, fingerprints),
+            )
+            row = cur.fetchone()
+        return len(fingerprints) - (int(row[0]) if row else 0)
+
+    def _add_seen(self, subject: str, fingerprints: list[bytes]) -> int:
+        with self._tx() as cur:
+            cur.execute(
+                "INSERT INTO seen (subject, fp) SELECT %s, f FROM unnest(%s::bytea[]) f "
+                "ON CONFLICT DO NOTHING",
+                (subject, fingerprints),
+            )
+            return max(cur.rowcount, 0)
+
+    def _reset_seen(self, subject: str) -> None:
+        with self._tx() as cur:
+            cur.execute("DELETE FROM seen WHERE subject = %s", (subject,))
+
+    # filter -------------------------------------------------------------------------------
+
+    def _put_filter(self, version: int, key_id: str, blob: bytes, now: float) -> FilterVersion:
+        with self._tx() as cur:
+            # EXCLUSIVE waits for every transaction that is writing the log to finish and
+            # blocks new ones, so no entry below the recorded position can commit later.
+            cur.execute("LOCK TABLE mlog IN EXCLUSIVE MODE")
+            cur.execute("SELECT max(version) FROM filters")
+            row = cur.fetchone()
+            if row is not None and row[0] is not None and version <= row[0]:
+                raise Conflict("filter version is not above the latest one")
+            cur.execute("SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM mlog_seq_seq")
+            seq_row = cur.fetchone()
+            seq = int(seq_row[0]) if seq_row else 0
+            cur.execute(
+                "INSERT INTO filters VALUES (%s, %s, %s, %s, %s)",
+                (version, key_id, blob, seq, now),
+            )
+        return FilterVersion(version=version, key_id=key_id, blob=blob, log_seq=seq, created_at=now)
+
+    def _get_filter(self, version: int | None) -> FilterVersion | None:
+        cols = "version, key_id, blob, log_seq, created_at"
+        with self._tx() as cur:
+            if version is None:
+                cur.execute(f"SELECT {cols} FROM filters ORDER BY version DESC LIMIT 1")  # noqa: S608
+            else:
+                cur.execute(f"SELECT {cols} FROM filters WHERE version = %s", (version,))  # noqa: S608
+            row = cur.fetchone()
+        if row is None:
+            return None
+        return FilterVersion(
+            version=row[0], key_id=row[1], blob=bytes(row[2]), log_seq=row[3], created_at=row[4]
+        )
+
+    def _filter_delta(self, since: int, until: int | None) -> FilterDelta | None:
+        with self._tx() as cur:
+            cur.execute("SELECT log_seq FROM filters WHERE version = %s", (since,))
+            lo = cur.fetchone()
+            if until is None:
+                cur.execute("SELECT log_seq, version FROM filters ORDER BY version DESC LIMIT 1")
+            else:
+                cur.execute("SELECT log_seq, version FROM filters WHERE version = %s", (until,))
+            hi = cur.fetchone()
+            if lo is None or hi is None:
+                return None
+            cur.execute(
+                "SELECT seq, is_add, token, fp FROM mlog WHERE seq > %s AND seq <= %s",
+                (lo[0], hi[0]),
+            )
+            rows = cur.fetchall()
+        entries = [(s, bool(a), None if t is None else bytes(t), bytes(f)) for s, a, t, f in rows]
+        return net_delta(since, int(hi[1]), entries)
+
+    def _compact_filters(self, keep_from: int) -> None:
+        with self._tx() as cur:
+            cur.execute("SELECT log_seq FROM filters WHERE version = %s", (keep_from,))
+            row = cur.fetchone()
+            if row is None:
+                return
+            cur.execute("DELETE FROM filters WHERE version < %s", (keep_from,))
+            cur.execute("DELETE FROM mlog WHERE seq <= %s", (row[0],))
+
+    # stats and checkpoints ----------------------------------------------------------------
+
+    def _incr_stats(self, deltas: dict[str, int]) -> None:
+        with self._tx() as cur:
+            # Sorted names: two concurrent increments lock rows in the same order (no deadlock).
+            names = sorted(deltas)
+            cur.execute(
+                "INSERT INTO stats (name, value) SELECT * FROM unnest(%s::text[], %s::int8[]) "
+                "ON CONFLICT (name) DO UPDATE SET value = stats.value + excluded.value",
+                (names, [deltas[n] for n in names]),
+            )
+
+    def _get_stats(self) -> dict[str, int]:
+        with self._tx() as cur:
+            cur.execute("SELECT name, value FROM stats")
+            return {n: int(v) for n, v in cur.fetchall()}
+
+    def _get_checkpoint(self, name: str) -> str | None:
+        with self._tx() as cur:
+            cur.execute("SELECT value FROM checkpoints WHERE name = %s", (name,))
+            row = cur.fetchone()
+        return None if row is None else str(row[0])
+
+    def _set_checkpoint(self, name: str, value: str | None) -> None:
+        with self._tx() as cur:
+            if value is None:
+                cur.execute("DELETE FROM checkpoints WHERE name = %s", (name,))
+            else:
+                cur.execute(
+                    "INSERT INTO checkpoints VALUES (%s, %s) "
+                    "ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                    (name, value),
+                )
+
+    def _close(self) -> None:
+        self._pool.close()

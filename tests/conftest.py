@@ -1,0 +1,92 @@
+"""Store fixtures for the whole suite: a ``store_url`` per adapter, each test isolated.
+
+PostgreSQL tests get a fresh schema and Redis tests a fresh key prefix, dropped afterwards.
+When a server is unreachable its tests SKIP with the reason, except under ``CI=true``, where a
+missing service is a broken pipeline and the tests FAIL instead.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from contactmatch.stores import BaseStore, open_store
+from tests.services import (
+    BACKENDS,
+    PG_BASE,
+    PG_HOST,
+    PG_PORT,
+    REDIS_BASE,
+    REDIS_HOST,
+    REDIS_PORT,
+    SERVICES,
+    drop_pg_schema,
+    drop_redis_prefix,
+    reachable,
+    service_verdict,
+)
+
+
+@pytest.fixture(autouse=True)
+def _require_services(request: pytest.FixtureRequest) -> None:
+    """Skip (or, with CI=true, fail) tests whose marker names an unreachable server."""
+    needed = [m for m in SERVICES if request.node.get_closest_marker(m) is not None]
+    verdict = service_verdict(needed, reachable, os.environ.get("CI", "").lower() == "true")
+    if verdict is None:
+        return
+    action, reason = verdict
+    if action == "fail":
+        pytest.fail(reason, pytrace=False)
+    pytest.skip(reason)
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    """The adapter under test."""
+    name: str = request.param
+    return name
+
+
+@pytest.fixture
+def store_url(backend: str, tmp_path: Path) -> Iterator[str]:
+    """A URL naming a fresh, isolated store of the adapter under test (cleaned up after)."""
+    tag = "t" + uuid.uuid4().hex[:12]
+    if backend == "memory":
+        yield "memory://"
+    elif backend == "sqlite":
+        yield f"sqlite:///{tmp_path}/registry.db"
+    elif backend == "postgres":
+        yield f"{PG_BASE}?schema={tag}"
+        if reachable(PG_HOST, PG_PORT):
+            drop_pg_schema(tag)
+    else:
+        yield f"{REDIS_BASE}?prefix={tag}"
+        if reachable(REDIS_HOST, REDIS_PORT):
+            drop_redis_prefix(tag)
+
+
+@pytest.fixture
+def open_again(store_url: str) -> Iterator[Callable[[], BaseStore]]:
+    """Open more handles on the same store (separate connections for concurrency tests)."""
+    opened: list[BaseStore] = []
+
+    def _open() -> BaseStore:
+        s = open_store(store_url)
+        opened.append(s)
+        return s
+
+    yield _open
+    for s in opened:
+        s.close()
+
+
+@pytest.fixture
+def store(store_url: str) -> Iterator[BaseStore]:
+    """An open store of the adapter under test."""
+    s = open_store(store_url)
+    yield s
+    s.close()

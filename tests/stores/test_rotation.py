@@ -1,0 +1,153 @@
+"""Bulk key rotation over every adapter: re-derived tokens, re-encrypted numbers, resumability."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+
+from contactmatch.atrest import DataKey
+from contactmatch.errors import InvalidInput, VerificationFailed
+from contactmatch.rotation import rotate, rotate_url
+from contactmatch.stores import BaseStore, Discoverability, UserRecord
+
+N = 230
+
+
+def tok(key: bytes, number: str) -> bytes:
+    return hmac.new(key, number.encode(), hashlib.sha256).digest()
+
+
+def number(i: int) -> str:
+    return f"+98912{i:07d}"
+
+
+def register(store: BaseStore, dk: DataKey, ids: range, key: bytes = b"old") -> None:
+    store.put_users(
+        [
+            UserRecord(
+                user_id=f"user{i:05d}",
+                token=tok(key, number(i)),
+                key_id="k1",
+                number_ct=dk.encrypt(number(i), f"user{i:05d}"),
+                discoverability=Discoverability.EVERYONE,
+                created_at=1.0,
+                updated_at=1.0,
+            )
+            for i in ids
+        ]
+    )
+
+
+class Counting:
+    """token_fn under the new key that counts numbers and can fail after some calls."""
+
+    def __init__(self, fail_after: int | None = None) -> None:
+        self.calls = 0
+        self.numbers = 0
+        self.fail_after = fail_after
+
+    def __call__(self, numbers: Sequence[str]) -> list[bytes]:
+        self.calls += 1
+        if self.fail_after is not None and self.calls > self.fail_after:
+            raise RuntimeError("simulated crash")
+        self.numbers += len(numbers)
+        return [tok(b"new", n) for n in numbers]
+
+
+def check_rotated(store: BaseStore, dk: DataKey) -> None:
+    recs = store.scan_users(None, 10_000)
+    assert len(recs) == N
+    for r in recs:
+        i = int(r.user_id[4:])
+        assert (r.token, r.key_id) == (tok(b"new", number(i)), "k2")
+        assert not dk.needs_reencrypt(r.number_ct)
+        assert dk.decrypt(r.number_ct, r.user_id) == number(i)
+
+
+def test_rotate_rekeys_everyone(store: BaseStore) -> None:
+    dk1 = DataKey.generate("dk1")
+    register(store, dk1, range(N))
+    store.put_users([])  # no-op batch
+    store.replace_contacts("user00001", [tok(b"old", "+15555550100")], "k1")
+    dk2 = dk1.rotated("dk2")
+    fn = Counting()
+    report = rotate(store, dk2, fn, "k2", batch_size=50, progress=False)
+    assert (report.rekeyed, report.skipped, report.passes) == (N, 0, 2)
+    assert report.contacts_purged == 1
+    assert fn.numbers == N
+    check_rotated(store, dk2)
+    assert store.lookup_tokens([tok(b"old", number(3))]) == [None]
+    assert store.get_checkpoint("rotate:k2") is None
+    # a second run finds nothing to do
+    again = rotate(store, dk2, Counting(), "k2", batch_size=50, progress=False)
+    assert (again.rekeyed, again.passes) == (0, 1)
+
+
+def test_rotate_resumes_after_a_crash(store: BaseStore) -> None:
+    dk = DataKey.generate("dk1")
+    register(store, dk, range(N))
+    crashing = Counting(fail_after=2)
+    with pytest.raises(RuntimeError):
+        rotate(store, dk, crashing, "k2", batch_size=40, progress=False)
+    assert store.get_checkpoint("rotate:k2") == "user00079"  # two batches of 40 done
+    resumed = Counting()
+    report = rotate(store, dk, resumed, "k2", batch_size=40, progress=False)
+    assert report.rekeyed == N - 80
+    assert resumed.numbers == N - 80  # nothing before the checkpoint was redone
+    check_rotated(store, dk)
+
+
+def test_rotate_catches_users_who_changed_meanwhile(store: BaseStore) -> None:
+    dk = DataKey.generate("dk1")
+    register(store, dk, range(N))
+    fn = Counting()
+
+    def meddling(numbers: Sequence[str]) -> list[bytes]:
+        if fn.calls == 0:
+            # user00000 re-registers under the old key while their batch is in flight
+            store.put_users(
+                [
+                    UserRecord(
+                        user_id="user00000",
+                        token=tok(b"old-again", number(0)),
+                        key_id="k1",
+                        number_ct=dk.encrypt(number(0), "user00000"),
+                        created_at=2.0,
+                        updated_at=2.0,
+                    )
+                ]
+            )
+        return fn(numbers)
+
+    report = rotate(store, dk, meddling, "k2", batch_size=100, progress=False)
+    assert report.skipped == 1
+    assert report.passes == 3
+    check_rotated(store, dk)
+
+
+def test_rotate_checks_token_fn_and_data_key(store: BaseStore) -> None:
+    dk = DataKey.generate("dk1")
+    register(store, dk, range(3))
+    with pytest.raises(InvalidInput):
+        rotate(store, dk, lambda ns: [b"x" * 32], "k2", progress=False)
+    with pytest.raises(VerificationFailed):
+        rotate(store, DataKey.generate("dk1"), Counting(), "k2", progress=False)
+
+
+def test_rotate_url_with_progress_bar(tmp_path: Path) -> None:
+    dk = DataKey.generate("dk1")
+    key_path = tmp_path / "data.key"
+    dk.save(key_path)
+    url = f"sqlite:///{tmp_path}/r.db"
+    from contactmatch.stores import open_store
+
+    with open_store(url) as s:
+        register(s, dk, range(N))
+    report = rotate_url(url, key_path, Counting(), "k2", batch_size=64, progress=True)
+    assert report.rekeyed == N
+    with open_store(url) as s:
+        check_rotated(s, dk)
