@@ -1,0 +1,239 @@
+"""The ``contactmatch`` command line.
+
+Each subcommand imports what it needs inside its handler, so that ``contactmatch --help`` and
+``contactmatch normalize`` stay fast and never load optional extras they do not use.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from contactmatch._version import __version__
+from contactmatch.errors import ContactMatchError, mask_number
+
+__all__ = ["main"]
+
+
+def _read_source(path: str) -> str:
+    if path == "-":
+        return sys.stdin.read()
+    return Path(path).read_text(encoding="utf-8-sig")
+
+
+def _cmd_normalize(args: argparse.Namespace) -> int:
+    from contactmatch.contacts import read_contacts
+    from contactmatch.phone import normalize_many
+
+    raws = read_contacts(_read_source(args.file))
+    batch = normalize_many(raws, args.region, mobile_only=not args.all_types)
+    seen: set[str] = set()
+    out = sys.stdout
+    for number in batch.numbers:
+        if number is None or (args.unique and number in seen):
+            continue
+        seen.add(number)
+        out.write(number + "\n")
+    for index, reason in batch.rejected:
+        # Rejects go to stderr masked: they may be typos of real numbers.
+        sys.stderr.write(f"entry {index + 1}: {mask_number(raws[index])}: {reason}\n")
+    accepted = len(raws) - len(batch.rejected)
+    sys.stderr.write(
+        f"{accepted} of {len(raws)} entries normalised, {len(batch.rejected)} rejected\n"
+    )
+    return 0
+
+
+def _cmd_keygen(args: argparse.Namespace) -> int:
+    from contactmatch.keys import keygen_main
+
+    key_id = keygen_main(args.path, force=args.force, mode=args.mode)
+    # The key id is public; the key itself is never printed.
+    sys.stdout.write(f"wrote {args.mode.upper()} key {key_id} to {args.path} (mode 0600)\n")
+    return 0
+
+
+def _cmd_rotate(args: argparse.Namespace) -> int:
+    from contactmatch.keys import ServerKey
+    from contactmatch.oprf import OprfServer
+    from contactmatch.rotation import rotate_url
+
+    new_key = ServerKey.load(args.new_key)
+    oprf = OprfServer(new_key)
+
+    def token_fn(numbers: Sequence[str]) -> list[bytes]:
+        return list(oprf.evaluate_tokens([n.encode("ascii") for n in numbers]).tokens)
+
+    report = rotate_url(
+        args.store, args.data_key, token_fn, new_key.key_id, batch_size=args.batch_size
+    )
+    sys.stdout.write(
+        f"rotated to key {new_key.key_id}: {report.rekeyed} rekeyed, {report.skipped} skipped, "
+        f"{report.passes} passes, {report.contacts_purged} uploaded tokens purged\n"
+    )
+    return 0
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from contactmatch.schemes.compare import compare_command
+
+    return compare_command(args)
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from contactmatch.server.serve import serve_command
+
+    return serve_command(args)
+
+
+def _cmd_audit(args: argparse.Namespace) -> int:
+    from contactmatch.audit import audit_command
+
+    return audit_command(args)
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from contactmatch.demo import run_demo
+
+    return run_demo(args)
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="contactmatch",
+        description=(
+            "Privacy-first contact discovery: normalise phone books to E.164, "
+            "and match them against a registry without revealing them."
+        ),
+        epilog="Run 'contactmatch COMMAND --help' for the options of one command.",
+    )
+    parser.add_argument("--version", action="version", version=f"contactmatch {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser(
+        "normalize",
+        help="turn a list of numbers or a vCard file into E.164 numbers",
+        description=(
+            "Read FILE (one number per line, vCard 3.0/4.0, or a JSON list of contacts; '-' "
+            "for stdin) and write one E.164 number per accepted entry to stdout. Rejected "
+            "entries go to stderr, masked, with a reason code. Names, photos and every other "
+            "contact field are discarded."
+        ),
+    )
+    p.add_argument("file", metavar="FILE", help="input file, or '-' for standard input")
+    p.add_argument(
+        "--region",
+        type=str.upper,
+        default=None,
+        help="ISO 3166 region for numbers written without +CC (e.g. IR, DE)",
+    )
+    p.add_argument(
+        "--all-types",
+        action="store_true",
+        help="accept every valid number type, not only mobile numbers",
+    )
+    p.add_argument("--unique", action="store_true", help="write each number once")
+    p.set_defaults(handler=_cmd_normalize)
+
+    p = sub.add_parser(
+        "keygen",
+        help="generate an OPRF server key file (0600)",
+        description="Generate a ristretto255 OPRF server key and write it to PATH with 0600 "
+        "permissions. Prints the public key id, never the key.",
+    )
+    p.add_argument("path", metavar="PATH", help="where to write the key file")
+    p.add_argument(
+        "--mode",
+        choices=["oprf", "voprf"],
+        default="oprf",
+        help="protocol mode the key serves (default: oprf; voprf adds per-response proofs)",
+    )
+    p.add_argument("--force", action="store_true", help="replace an existing key file")
+    p.set_defaults(handler=_cmd_keygen)
+
+    p = sub.add_parser(
+        "rotate",
+        help="re-derive every stored token under a new OPRF key (resumable)",
+        description="Re-derive every registration's token under NEW_KEY from the encrypted "
+        "numbers, in batches, with a checkpoint in the store so an interrupted run resumes. "
+        "Serve the old and new keys side by side until clients have refreshed.",
+    )
+    p.add_argument("--store", required=True, help="store URL, e.g. sqlite:///registry.db")
+    p.add_argument("--data-key", required=True, help="the data key file (decrypts numbers)")
+    p.add_argument("--new-key", required=True, help="the new OPRF key file")
+    p.add_argument("--batch-size", type=int, default=1000, help="users per batch (1000)")
+    p.set_defaults(handler=_cmd_rotate)
+
+    p = sub.add_parser(
+        "serve",
+        help="serve the HTTP API with uvicorn (needs contactmatch[server])",
+        description="Serve registration, discovery, filter downloads, settings and deletion "
+        "over HTTP; see docs/http.md.",
+    )
+    # Without the [server] extra the options cannot be added; the handler then names the
+    # pip install that fixes it.
+    with contextlib.suppress(ImportError):
+        from contactmatch.server.serve import add_serve_arguments
+
+        add_serve_arguments(p)
+    p.set_defaults(handler=_cmd_serve)
+
+    p = sub.add_parser(
+        "bench",
+        help="compare matching schemes on a synthetic workload",
+        description="Run scheme pairs in-process on one synthetic registry and phone book and "
+        "print bytes up/down, round trips and CPU on each side.",
+    )
+    p.add_argument("--registry", type=int, default=20_000, help="registered users (20,000)")
+    p.add_argument("--book", type=int, default=1_000, help="contacts in the phone book (1,000)")
+    p.add_argument("--anonymity", type=int, default=64, help="target bucket size (64)")
+    p.add_argument("--schemes", default="all", help="comma-separated scheme names, or 'all'")
+    p.set_defaults(handler=_cmd_bench)
+
+    p = sub.add_parser(
+        "audit",
+        help="attack lab: many-account enumeration, sha256 reversal, what leaks",
+        description="Run the attack lab against the real service: scrapers with many accounts "
+        "under a simulated clock (--enumeration), a normal user's syncs (--normal-user), "
+        "brute-force reversal of unsalted sha256 tokens (--hash-reversal) and the what-leaks "
+        "table with the quota bounds (--leakage); all of them by default.",
+    )
+    from contactmatch.audit import add_audit_arguments
+
+    add_audit_arguments(p)
+    p.set_defaults(handler=_cmd_audit)
+
+    p = sub.add_parser(
+        "demo",
+        help="run the end-to-end demo on an embedded store",
+        description="Register a synthetic population in an embedded SQLite store, start the "
+        "HTTP server on localhost, and run discovery of a 1,000-contact phone book through "
+        "each default flow; print matches, invitations, bytes and timings.",
+    )
+    p.add_argument("--users", type=int, default=100_000, help="registered users (100,000)")
+    p.add_argument("--contacts", type=int, default=1_000, help="phone book size (1,000)")
+    p.add_argument("--dir", type=Path, default=None, help="keep the store here")
+    p.set_defaults(handler=_cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``contactmatch`` console script; returns the exit status."""
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.handler(args))
+    except ContactMatchError as exc:
+        # Library errors are user-facing and already masked; no traceback for them.
+        sys.stderr.write(f"contactmatch: error: {exc}\n")
+        return 2
+    except OSError as exc:
+        sys.stderr.write(f"contactmatch: error: {exc.strerror or exc}\n")
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

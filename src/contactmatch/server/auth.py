@@ -1,0 +1,153 @@
+"""Authentication of HTTP requests: a hook mapping a bearer token to a user id.
+
+contactmatch does not own accounts: a messenger already authenticates its users (SMS
+verification, sessions) and hands the HTTP app an :data:`Authenticator`. For demos and tests,
+:class:`SignedTokens` issues stateless HMAC-SHA256 tokens whose secret can be derived from the
+server key (:meth:`SignedTokens.from_server_key`), so no extra key file is needed.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import time
+from collections.abc import Callable
+
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from contactmatch.errors import AuthenticationFailed, InvalidInput, InvalidKey
+from contactmatch.keys import ServerKey
+
+__all__ = ["Authenticator", "SignedTokens", "derive_token_secret"]
+
+#: Maps a bearer token to the user id it authenticates; raises AuthenticationFailed otherwise.
+Authenticator = Callable[[str], str]
+
+_TOKEN_LABEL = b"contactmatch/http-token/v1"
+_MIN_SECRET = 16
+# User ids are short opaque strings; a longer "id" in a token is an attack, not a user.
+_MAX_USER_ID = 255
+_MAX_TOKEN = 512
+
+
+def derive_token_secret(key: ServerKey, label: bytes = _TOKEN_LABEL) -> bytes:
+    """Derive a 32-byte token-signing secret from the server key (HKDF-SHA256).
+
+    Args:
+        key: the OPRF server key; its private scalar is the HKDF input.
+        label: HKDF info, so distinct purposes (user tokens, admin tokens) get distinct secrets.
+
+    Returns:
+        The secret for :class:`SignedTokens`.
+    """
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=label).derive(
+        key.private_bytes()
+    )
+
+
+def _b64e(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+
+
+def _b64d(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+class SignedTokens:
+    """Stateless bearer tokens ``user.expiry.signature`` signed with HMAC-SHA256.
+
+    ``user`` is the user id in unpadded base64url (so ids may hold dots or any character),
+    ``expiry`` the Unix time in whole seconds after which the token is refused, ``signature``
+    the base64url HMAC over the first two parts. An instance is an :data:`Authenticator`.
+
+    Args:
+        secret: the signing key, at least 16 bytes (see :func:`derive_token_secret`).
+        ttl: lifetime of issued tokens in seconds.
+
+    Raises:
+        InvalidKey: the secret is too short.
+        InvalidInput: the ttl is not positive.
+    """
+
+    def __init__(
+        self,
+        secret: bytes,
+        ttl: float = 3600.0,
+        *,
+        _clock: Callable[[], float] = time.time,
+    ) -> None:
+        if not isinstance(secret, bytes) or len(secret) < _MIN_SECRET:
+            raise InvalidKey(f"a token secret must be at least {_MIN_SECRET} bytes")
+        if not ttl > 0:
+            raise InvalidInput("token ttl must be positive")
+        self._secret = secret
+        self.ttl = float(ttl)
+        self._clock = _clock
+
+    @classmethod
+    def from_server_key(
+        cls, key: ServerKey, ttl: float = 3600.0, *, label: bytes = _TOKEN_LABEL
+    ) -> SignedTokens:
+        """Tokens whose secret is derived from ``key``: the demo needs no extra key file."""
+        return cls(derive_token_secret(key, label), ttl)
+
+    def __repr__(self) -> str:
+        return f"<SignedTokens ttl={self.ttl:g}s>"
+
+    def _sign(self, payload: bytes) -> bytes:
+        return hmac.digest(self._secret, _TOKEN_LABEL + b"\x00" + payload, hashlib.sha256)
+
+    def issue(self, user_id: str, ttl: float | None = None) -> str:
+        """Issue a token for ``user_id``.
+
+        Args:
+            user_id: the user the token authenticates.
+            ttl: lifetime in seconds; the instance's ``ttl`` when omitted.
+
+        Raises:
+            InvalidInput: the user id is empty or longer than 255 bytes.
+        """
+        raw = user_id.encode("utf-8") if isinstance(user_id, str) else b""
+        if not 0 < len(raw) <= _MAX_USER_ID:
+            raise InvalidInput("a user id must be 1..255 bytes of UTF-8")
+        expiry = int(self._clock() + (self.ttl if ttl is None else ttl))
+        payload = f"{_b64e(raw)}.{expiry}".encode("ascii")
+        return f"{payload.decode('ascii')}.{_b64e(self._sign(payload))}"
+
+    def verify(self, token: str) -> str:
+        """Return the user id a token authenticates.
+
+        Raises:
+            AuthenticationFailed: the token is malformed, forged or expired (the message says
+                only "expired" for a genuine but stale token, so a client knows to renew).
+        """
+        if (
+            not isinstance(token, str)
+            or len(token) > _MAX_TOKEN
+            or not token.isascii()
+            or token.count(".") != 2
+        ):
+            raise AuthenticationFailed("invalid token")
+        user_part, expiry_part, sig_part = token.split(".")
+        try:
+            sig = _b64d(sig_part)
+        except (binascii.Error, ValueError):
+            raise AuthenticationFailed("invalid token") from None
+        expected = self._sign(f"{user_part}.{expiry_part}".encode("ascii"))
+        if not hmac.compare_digest(sig, expected):
+            raise AuthenticationFailed("invalid token")
+        # The signature is good, so these parts are ours: decoding cannot fail on them
+        # unless the secret leaked; stay opaque anyway.
+        try:
+            expiry = int(expiry_part)
+            user_id = _b64d(user_part).decode("utf-8")
+        except (binascii.Error, ValueError):
+            raise AuthenticationFailed("invalid token") from None
+        if self._clock() >= expiry:
+            raise AuthenticationFailed("token expired")
+        return user_id
+
+    __call__ = verify

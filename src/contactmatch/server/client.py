@@ -1,0 +1,255 @@
+"""A Python client of the HTTP API with the same methods as the in-process service.
+
+:class:`HttpServer` mirrors :class:`~contactmatch.service.DiscoveryServer` for everything that
+crosses the wire, and turns JSON error codes back into the library's typed exceptions, so
+code written against the in-process server runs unchanged over HTTP::
+
+    http = HttpServer("http://127.0.0.1:8080", token)
+    client = DiscoveryClient(http.info("oprf+bucket"))
+    result = client.discover(contacts, lambda b: http.discover(user_id, b))
+
+or, in one call that also keeps the filter up to date with deltas, ``http.sync(contacts)``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from types import TracebackType
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+from contactmatch.errors import (
+    AuthenticationFailed,
+    InvalidInput,
+    MalformedMessage,
+    StoreUnavailable,
+)
+from contactmatch.filters import BloomFilter, GolombFilter, load_filter
+from contactmatch.schemes.base import ServerInfo, get_scheme
+from contactmatch.server._codes import BINARY, JSON, USER_HEADER, exception_for
+from contactmatch.service import DEFAULT_SCHEMES, DiscoveryClient, DiscoveryResult
+from contactmatch.stores.base import Discoverability
+
+__all__ = ["HttpServer"]
+
+Contacts = Iterable[str] | Iterable[Mapping[str, Any]] | str | bytes
+
+
+def _scheme_path(scheme: str) -> str:
+    # Scheme names hold "+"; quote everything so no name can reach another route.
+    return quote(scheme, safe="")
+
+
+class HttpServer:
+    """Proxy of a remote :class:`~contactmatch.service.DiscoveryServer` over HTTP.
+
+    Args:
+        base_url: where the app is served, e.g. ``http://127.0.0.1:8080``.
+        token: bearer token of the user (or admin) this client acts for.
+        transport: an httpx transport (``httpx.MockTransport`` in tests, or a custom one).
+        timeout: seconds to wait for the server per request.
+
+    Errors come back as the exceptions the in-process server raises (``RateLimited`` with
+    ``retry_after``, ``UnknownKeyId``, ...); an unreachable server is ``StoreUnavailable``.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        token: str | None = None,
+        *,
+        transport: httpx.BaseTransport | None = None,
+        timeout: float = 30.0,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.token = token
+        self._http = httpx.Client(base_url=self.base_url, transport=transport, timeout=timeout)
+        self._filters: dict[str, GolombFilter | BloomFilter] = {}
+        self._caches: dict[str, dict[tuple[str, str], bytes]] = {}
+
+    def __repr__(self) -> str:
+        # The token is never shown, not even in part.
+        return f"<HttpServer {self.base_url} token={'set' if self.token else 'none'}>"
+
+    def close(self) -> None:
+        """Close the connection pool."""
+        self._http.close()
+
+    def __enter__(self) -> HttpServer:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- transport --------------------------------------------------------------------------
+    def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        auth: bool = True,
+        user: str | None = None,
+        content: bytes | None = None,
+        media: str | None = None,
+        body: Mapping[str, Any] | None = None,
+        params: Mapping[str, int] | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> httpx.Response:
+        """Send one request; map transport failures and error responses to library errors."""
+        hdrs = dict(headers or {})
+        if auth:
+            if not self.token:
+                raise AuthenticationFailed("this client has no token")
+            hdrs["Authorization"] = f"Bearer {self.token}"
+        if user is not None:
+            hdrs[USER_HEADER] = quote(user, safe="")
+        if body is not None:
+            content, media = json.dumps(body).encode(), JSON
+        if media is not None:
+            hdrs["Content-Type"] = media
+        try:
+            resp = self._http.request(method, path, content=content, params=params, headers=hdrs)
+        except httpx.TimeoutException as exc:
+            raise StoreUnavailable("the discovery server did not answer in time") from exc
+        except httpx.TransportError as exc:
+            raise StoreUnavailable("cannot reach the discovery server") from exc
+        if resp.status_code >= 400:
+            try:
+                payload: Any = resp.json()
+            except ValueError:
+                payload = None
+            raise exception_for(resp.status_code, payload)
+        return resp
+
+    def _json(self, resp: httpx.Response) -> Any:
+        try:
+            return resp.json()
+        except ValueError:
+            raise MalformedMessage("the server's answer is not JSON") from None
+
+    # -- what DiscoveryServer offers --------------------------------------------------------
+    def schemes(self) -> list[str]:
+        """Schemes the server serves (a property on the in-process server)."""
+        answer = self._json(self._request("GET", "/v1/schemes", auth=False))
+        return [str(s) for s in answer["schemes"]]
+
+    def info(self, scheme: str = DEFAULT_SCHEMES[0]) -> bytes:
+        """Published parameters of a scheme, as :meth:`DiscoveryServer.info` returns them."""
+        return self._request("GET", f"/v1/info/{_scheme_path(scheme)}", auth=False).content
+
+    def published_filter(self, scheme: str = "oprf+filter", since: int | None = None) -> bytes:
+        """The filter of a filter scheme, whole or as a delta from version ``since``."""
+        params = {"since": since} if since is not None else None
+        path = f"/v1/filter/{_scheme_path(scheme)}"
+        return self._request("GET", path, auth=False, params=params).content
+
+    def discover(self, requester_id: str, request: bytes) -> bytes:
+        """Send one discovery request; ``requester_id`` must be the token's user (else 403)."""
+        return self._discover(request, requester_id)
+
+    def _discover(self, request: bytes, user: str | None) -> bytes:
+        resp = self._request("POST", "/v1/discover", user=user, content=request, media=BINARY)
+        return resp.content
+
+    def upload_contacts(self, owner_id: str, request: bytes) -> int:
+        """Opt-in upload of a ContactsUpload message; returns how many tokens were kept."""
+        resp = self._request("POST", "/v1/contacts", user=owner_id, content=request, media=BINARY)
+        return int(self._json(resp)["kept"])
+
+    def register(
+        self,
+        user_id: str,
+        number: str,
+        *,
+        region: str | None = None,
+        discoverability: Discoverability | str = Discoverability.EVERYONE,
+    ) -> str:
+        """Register the token's user (``user_id``) with ``number``; returns the E.164 number."""
+        body = {"number": number, "region": region, "discoverability": str(discoverability)}
+        resp = self._request("POST", "/v1/register", user=user_id, body=body)
+        return str(self._json(resp)["number"])
+
+    def change_number(self, user_id: str, new_number: str, *, region: str | None = None) -> str:
+        """Move the account to a new number; returns the new E.164 number."""
+        body = {"number": new_number, "region": region}
+        resp = self._request("PUT", "/v1/number", user=user_id, body=body)
+        return str(self._json(resp)["number"])
+
+    def set_discoverability(self, user_id: str, setting: Discoverability | str) -> None:
+        """Who may find the user: ``everyone``, ``contacts`` or ``nobody``."""
+        body = {"discoverability": str(setting)}
+        self._request("PUT", "/v1/settings", user=user_id, body=body)
+
+    def delete_account(self, user_id: str) -> None:
+        """Erase the user everywhere."""
+        self._request("DELETE", "/v1/account", user=user_id)
+
+    def stats(self) -> dict[str, int]:
+        """Aggregate counters; this client's token must be an admin token."""
+        answer = self._json(self._request("GET", "/v1/stats"))
+        return {str(k): int(v) for k, v in answer.items()}
+
+    # -- convenience ------------------------------------------------------------------------
+    def sync(
+        self,
+        contacts: Contacts,
+        *,
+        scheme: str = "oprf+filter",
+        region: str | None = None,
+        cache: dict[tuple[str, str], bytes] | None = None,
+    ) -> DiscoveryResult:
+        """Fetch info (and the filter, as a delta when one is held) and run a whole discovery.
+
+        Args:
+            contacts: the phone book (numbers, contact dicts or vCard text).
+            scheme: the scheme to discover with.
+            region: default region of the phone book's numbers.
+            cache: token cache to use and fill; by default one kept by this object per token
+                function, so re-syncs evaluate only new numbers.
+
+        Returns:
+            The result; ``filter_stale`` says the registry changed during the run (sync again).
+        """
+        info = ServerInfo.decode(self.info(scheme))
+        method = get_scheme(scheme)
+        blob = self._current_filter(scheme, info) if method.method == "filter" else None
+        if cache is None:
+            cache = self._caches.setdefault(method.token, {})
+        client = DiscoveryClient(info, filter_blob=blob, region=region, cache=cache)
+        return client.discover(contacts, lambda request: self._discover(request, None))
+
+    def _current_filter(self, scheme: str, info: ServerInfo) -> bytes:
+        """The server's current filter, patched from the one held when possible."""
+        held = self._filters.get(scheme)
+        if held is not None and held.key_id == info.key_id:
+            path = f"/v1/filter/{_scheme_path(scheme)}"
+            resp = self._request(
+                "GET",
+                path,
+                auth=False,
+                params={"since": held.version},
+                headers={"If-None-Match": f'"{held.version}"'},
+            )
+            if resp.status_code == 304:
+                return held.to_bytes()
+            if resp.content[:4] != b"CMFD":
+                return self._keep(scheme, resp.content)
+            try:
+                held.apply_delta(resp.content)
+            except InvalidInput:
+                pass  # a delta from elsewhere or a corrupt one: start over from the whole filter
+            else:
+                return held.to_bytes()
+        return self._keep(scheme, self.published_filter(scheme))
+
+    def _keep(self, scheme: str, blob: bytes) -> bytes:
+        self._filters[scheme] = load_filter(blob)
+        return blob

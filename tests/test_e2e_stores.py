@@ -1,0 +1,70 @@
+"""The product end to end on every store adapter: in-process and over real HTTP on 127.0.0.1."""
+
+from __future__ import annotations
+
+import pytest
+
+from contactmatch import (
+    DataKey,
+    DiscoveryClient,
+    DiscoveryServer,
+    Mode,
+    ServerKey,
+    ServiceSettings,
+    UnknownUser,
+)
+from contactmatch.server import HttpServer, ServerThread, SignedTokens, create_app
+from contactmatch.stores import BaseStore
+
+KEY = ServerKey.derive(b"\x02" * 32, b"e2e", Mode.OPRF)
+
+
+def n(i: int) -> str:
+    return f"+98935{i:07d}"
+
+
+@pytest.fixture
+def service(store: BaseStore) -> DiscoveryServer:
+    srv = DiscoveryServer(store, KEY, DataKey.generate(), settings=ServiceSettings(region="IR"))
+    srv.register_many([(f"u{i}", n(i)) for i in range(300)])
+    return srv
+
+
+BOOK = [f"0935 {i:03d} {j:04d}" for i, j in ((0, 5), (0, 250), (0, 9999), (1, 1))]
+EXPECTED = {n(5): "u5", n(250): "u250"}
+
+
+@pytest.mark.parametrize("scheme", ["oprf+filter", "oprf+bucket"])
+def test_in_process(service: DiscoveryServer, scheme: str) -> None:
+    blob = service.published_filter(scheme) if scheme.endswith("filter") else None
+    client = DiscoveryClient(service.info(scheme), filter_blob=blob, region="IR")
+    res = client.discover(BOOK, lambda r: service.discover("u1", r))
+    assert res.matches == EXPECTED
+    assert sorted(res.unregistered) == ["+989350009999", "+989350010001"]
+    service.delete_account("u5")
+    client = DiscoveryClient(service.info(scheme), filter_blob=service.published_filter(scheme)
+                             if blob is not None else None, region="IR")  # fmt: skip
+    assert client.discover(BOOK, lambda r: service.discover("u1", r)).matches == {n(250): "u250"}
+    assert service.store.get_users(["u5"]) == [None]
+
+
+def test_over_http(service: DiscoveryServer) -> None:
+    tokens = SignedTokens.from_server_key(KEY)
+    with ServerThread(create_app(service, authenticate=tokens.verify)) as url:
+        me = HttpServer(url, tokens.issue("me"))
+        try:
+            assert me.register("me", "0935 777 7777", region="IR") == "+989357777777"
+            for scheme in ("oprf+filter", "oprf+bucket"):
+                assert me.sync(BOOK, scheme=scheme, region="IR").matches == EXPECTED
+            me.set_discoverability("me", "nobody")
+            other = HttpServer(url, tokens.issue("u1"))
+            try:
+                assert other.sync(["+989357777777"], scheme="oprf+bucket").matches == {}
+            finally:
+                other.close()
+            me.delete_account("me")
+            with pytest.raises(UnknownUser):
+                me.delete_account("me")
+        finally:
+            me.close()
+    assert service.store.get_users(["me"]) == [None]

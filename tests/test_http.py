@@ -1,0 +1,731 @@
+"""The HTTP API end to end: a real uvicorn server on 127.0.0.1, the Python client over HTTP."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import socket
+import stat
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from starlette.routing import Route
+
+from contactmatch.atrest import DataKey
+from contactmatch.errors import (
+    AuthenticationFailed,
+    Conflict,
+    InvalidInput,
+    InvalidKey,
+    InvalidNumber,
+    MalformedMessage,
+    MissingDependency,
+    RateLimited,
+    StoreUnavailable,
+    UnknownKeyId,
+    UnknownScheme,
+    UnknownUser,
+    VerificationFailed,
+)
+from contactmatch.filters import load_filter
+from contactmatch.keys import ServerKey
+from contactmatch.oprf import Mode
+from contactmatch.ratelimit import Quota, RateLimits
+from contactmatch.schemes.base import ServerInfo
+from contactmatch.schemes.wire import LookupRequest, ServiceResponse, decode, decode_json
+from contactmatch.server import HttpServer, ServerThread, SignedTokens, create_app
+from contactmatch.server._codes import ApiError, filter_version_of
+from contactmatch.server.auth import derive_token_secret
+from contactmatch.server.serve import (
+    add_serve_arguments,
+    load_or_create_data_key,
+    serve_command,
+)
+from contactmatch.service import DiscoveryClient, DiscoveryServer, ServiceSettings
+from contactmatch.stores import open_store
+
+ALICE = "+989123456789"
+BOB = "+989121112233"
+CAROL = "+989351234567"
+DAVE = "+989198765432"
+STRANGER = "+989131119999"
+
+
+@pytest.fixture(scope="module")
+def key() -> ServerKey:
+    return ServerKey.generate(Mode.OPRF)
+
+
+@dataclass
+class Served:
+    """A running server and what the tests need to talk to it."""
+
+    url: str
+    service: DiscoveryServer
+    tokens: SignedTokens
+    stack: ExitStack
+    clients: dict[str, HttpServer] = field(default_factory=dict)
+
+    def as_user(self, user_id: str) -> HttpServer:
+        """A client holding ``user_id``'s token (one per user, closed with the server)."""
+        if user_id not in self.clients:
+            http = HttpServer(self.url, self.tokens.issue(user_id))
+            self.clients[user_id] = self.stack.enter_context(http)
+        return self.clients[user_id]
+
+    def raw(self) -> httpx.Client:
+        return self.stack.enter_context(httpx.Client(base_url=self.url))
+
+
+Serve = Callable[..., Served]
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[], str]:
+    """A fresh store URL per call (each server in a test gets its own registry)."""
+    count = iter(range(1000))
+    if request.param == "memory":
+        return lambda: "memory://"
+    return lambda: f"sqlite:///{tmp_path}/x{next(count)}.db"
+
+
+@pytest.fixture
+def serve(key: ServerKey, store_url: Callable[[], str]) -> Iterator[Serve]:
+    """Factory: build a DiscoveryServer and serve it over real HTTP until the test ends."""
+    with ExitStack() as stack:
+
+        def start(
+            settings: ServiceSettings | None = None,
+            *,
+            admin: Callable[[str], str] | None = None,
+            max_body: int = 4 * 1024 * 1024,
+            authenticate: Callable[[str], str] | None = None,
+        ) -> Served:
+            store = open_store(store_url())
+            stack.callback(store.close)
+            service = DiscoveryServer(store, key, DataKey.generate(), settings=settings)
+            tokens = SignedTokens.from_server_key(key)
+            app = create_app(
+                service, authenticate=authenticate or tokens, admin=admin, max_body=max_body
+            )
+            url = stack.enter_context(ServerThread(app))
+            return Served(url=url, service=service, tokens=tokens, stack=stack)
+
+        yield start
+
+
+def register_all(s: Served, users: dict[str, str]) -> None:
+    for uid, number in users.items():
+        assert s.as_user(uid).register(uid, number) == number
+
+
+# -- tokens ---------------------------------------------------------------------------------
+
+
+def test_signed_tokens_verify_and_refuse(key: ServerKey) -> None:
+    now = [1_000_000.0]
+    tokens = SignedTokens(derive_token_secret(key), ttl=60, _clock=lambda: now[0])
+    tok = tokens.issue("user.with-dots_1")
+    assert tokens.verify(tok) == "user.with-dots_1"
+    assert tokens(tok) == "user.with-dots_1"  # an instance is an Authenticator
+    user, expiry, sig = tok.split(".")
+    forged = [
+        f"{user}.{int(expiry) + 1000}.{sig}",  # extended expiry
+        f"{tokens.issue('mallory').split('.')[0]}.{expiry}.{sig}",  # other user
+        f"{user}.{expiry}.{sig[:-2]}AA",  # bad signature
+        SignedTokens(b"x" * 32, ttl=60, _clock=lambda: now[0]).issue("user.with-dots_1"),
+        "",
+        "a.b",
+        "a.b.c.d",
+        "ünïcode.1.x",
+        "x" * 2000,
+    ]
+    for bad in forged:
+        with pytest.raises(AuthenticationFailed, match="invalid token"):
+            tokens.verify(bad)
+    now[0] += 61
+    with pytest.raises(AuthenticationFailed, match="expired"):
+        tokens.verify(tok)
+    with pytest.raises(InvalidKey):
+        SignedTokens(b"short")
+    with pytest.raises(InvalidInput):
+        SignedTokens(b"k" * 32, ttl=0)
+    with pytest.raises(InvalidInput):
+        tokens.issue("")
+    assert "ttl" in repr(tokens)
+    assert derive_token_secret(key) == derive_token_secret(key)
+    assert derive_token_secret(key) != derive_token_secret(key, b"admin")
+
+
+# -- discovery over HTTP --------------------------------------------------------------------
+
+
+def test_register_and_discover_filter_and_bucket(serve: Serve) -> None:
+    s = serve()
+    register_all(s, {"alice": ALICE, "bob": BOB})
+    dave = s.as_user("dave")
+    assert dave.register("dave", "0919 876 5432", region="IR") == DAVE
+    assert dave.schemes() == ["oprf+filter", "oprf+bucket"]
+
+    result = dave.sync([ALICE, BOB, STRANGER, "not a number"])
+    assert result.complete
+    assert result.matches == {ALICE: "alice", BOB: "bob"}
+    assert result.unregistered == [STRANGER]
+    assert result.rejected  # the unparsable entry, reported by index
+
+    # The in-process client code, unchanged, over the HTTP proxy.
+    client = DiscoveryClient(dave.info("oprf+bucket"))
+    found = client.discover([ALICE, STRANGER], lambda b: dave.discover("dave", b))
+    assert found.matches == {ALICE: "alice"}
+    assert found.unregistered == [STRANGER]
+
+
+def test_non_default_scheme(serve: Serve) -> None:
+    s = serve(ServiceSettings(schemes=("oprf+filter", "oprf+bucket", "hmac+lookup")))
+    register_all(s, {"alice": ALICE})
+    bob = s.as_user("bob")
+    assert "hmac+lookup" in bob.schemes()
+    assert bob.sync([ALICE, CAROL], scheme="hmac+lookup").matches == {ALICE: "alice"}
+
+
+def test_filter_full_then_delta(serve: Serve) -> None:
+    s = serve()
+    register_all(s, {"alice": ALICE})
+    dave = s.as_user("dave")
+    full = dave.published_filter("oprf+filter")
+    held = load_filter(full)
+    assert filter_version_of(full) == (held.version, None)
+
+    register_all(s, {"bob": BOB, "carol": CAROL})
+    delta = dave.published_filter("oprf+filter", since=held.version)
+    assert delta[:4] == b"CMFD"
+    new_version, base = filter_version_of(delta)
+    assert base == held.version
+    held.apply_delta(delta)
+    current = load_filter(dave.published_filter("oprf+filter"))
+    assert held.version == new_version == current.version
+    assert held.checksum == current.checksum
+
+    raw = s.raw()
+    resp = raw.get("/v1/filter/oprf+filter", params={"since": base})
+    assert resp.headers["X-Filter-Version"] == str(new_version)
+    assert resp.headers["X-Filter-Since"] == str(base)
+    resp = raw.get("/v1/filter/oprf%2Bfilter")
+    assert resp.headers["content-type"] == "application/octet-stream"
+    assert resp.headers["ETag"] == f'"{new_version}"'
+    assert raw.get("/v1/filter/oprf+filter", headers={"If-None-Match": resp.headers["ETag"]})\
+        .status_code == 304  # fmt: skip
+    for since in ("-1", "²", "x"):
+        assert raw.get("/v1/filter/oprf+filter", params={"since": since}).status_code == 400
+    assert raw.get("/v1/filter/oprf+bucket").json()["error"]["code"] == "malformed_message"
+
+
+class Recording(httpx.BaseTransport):
+    """A real transport that remembers each request's URL and the response headers."""
+
+    def __init__(self) -> None:
+        self.inner = httpx.HTTPTransport()
+        self.seen: list[tuple[httpx.URL, int, httpx.Headers]] = []
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        resp = self.inner.handle_request(request)
+        self.seen.append((request.url, resp.status_code, resp.headers))
+        return resp
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def test_sync_uses_deltas_and_304(serve: Serve) -> None:
+    s = serve()
+    register_all(s, {"alice": ALICE})
+    rec = Recording()
+    dave = s.stack.enter_context(HttpServer(s.url, s.tokens.issue("dave"), transport=rec))
+
+    def filter_requests() -> list[tuple[httpx.URL, int, httpx.Headers]]:
+        out = [r for r in rec.seen if r[0].path.startswith("/v1/filter/")]
+        rec.seen.clear()
+        return out
+
+    assert dave.sync([ALICE, BOB]).matches == {ALICE: "alice"}
+    [(url, status, _)] = filter_requests()
+    assert "since" not in url.params
+    assert status == 200
+
+    register_all(s, {"bob": BOB})
+    assert dave.sync([ALICE, BOB]).matches == {ALICE: "alice", BOB: "bob"}
+    [(url, status, headers)] = filter_requests()
+    assert "since" in url.params
+    assert "X-Filter-Since" in headers
+
+    assert dave.sync([ALICE, BOB]).matches == {ALICE: "alice", BOB: "bob"}
+    [(_, status, _)] = filter_requests()
+    assert status == 304
+
+
+def test_settings_hide_users_and_contacts_upload(serve: Serve) -> None:
+    s = serve()
+    register_all(s, {"alice": ALICE, "carol": CAROL})
+    dave = s.as_user("dave")
+    dave.register("dave", DAVE)
+    carol = s.as_user("carol")
+
+    carol.set_discoverability("carol", "contacts")
+    assert dave.sync([ALICE, CAROL]).matches == {ALICE: "alice"}
+    assert dave.sync([ALICE, CAROL], scheme="oprf+bucket").matches == {ALICE: "alice"}
+
+    # Carol opts in to upload her book, which holds Dave: now Dave finds her.
+    client = DiscoveryClient(carol.info("oprf+filter"), filter_blob=carol.published_filter())
+    client.discover([DAVE], lambda b: carol.discover("carol", b))
+    assert carol.upload_contacts("carol", client.upload_request()) == 1
+    assert dave.sync([ALICE, CAROL]).matches == {ALICE: "alice", CAROL: "carol"}
+
+    carol.set_discoverability("carol", "nobody")
+    assert dave.sync([ALICE, CAROL]).matches == {ALICE: "alice"}
+    carol.set_discoverability("carol", "everyone")
+    assert dave.sync([ALICE, CAROL]).matches == {ALICE: "alice", CAROL: "carol"}
+    with pytest.raises(InvalidInput, match="discoverability"):
+        carol.set_discoverability("carol", "friends")
+    with pytest.raises(UnknownUser):
+        s.as_user("ghost").set_discoverability("ghost", "nobody")
+
+
+def test_number_change_and_deletion(serve: Serve) -> None:
+    s = serve()
+    register_all(s, {"alice": ALICE, "bob": BOB})
+    dave = s.as_user("dave")
+    alice = s.as_user("alice")
+
+    assert alice.change_number("alice", CAROL) == CAROL
+    assert dave.sync([ALICE, CAROL, BOB]).matches == {CAROL: "alice", BOB: "bob"}
+    with pytest.raises(UnknownUser):
+        dave.change_number("dave", DAVE)  # dave never registered
+    with pytest.raises(InvalidNumber) as exc:
+        alice.change_number("alice", "12")
+    assert exc.value.reason
+
+    s.as_user("bob").delete_account("bob")
+    result = dave.sync([CAROL, BOB], scheme="oprf+bucket")
+    assert result.matches == {CAROL: "alice"}
+    assert result.unregistered == [BOB]
+    assert dave.sync([CAROL, BOB]).matches == {CAROL: "alice"}
+    with pytest.raises(UnknownUser):
+        s.as_user("bob").delete_account("bob")
+
+
+def test_json_encoded_discovery(serve: Serve) -> None:
+    s = serve()
+    register_all(s, {"alice": ALICE})
+    raw = s.raw()
+    headers = {
+        "Authorization": f"Bearer {s.tokens.issue('dave')}",
+        "Content-Type": "application/json",
+    }
+    client = DiscoveryClient(raw.get("/v1/info/oprf+bucket").content)
+
+    def send(request: bytes) -> bytes:
+        resp = raw.post("/v1/discover", content=decode(request).to_json(), headers=headers)
+        assert resp.status_code == 200, resp.text
+        assert resp.headers["content-type"].startswith("application/json")
+        assert resp.json()["type"] == "service_response"
+        return decode_json(resp.content, ServiceResponse).encode()
+
+    assert client.discover([ALICE, BOB], send).matches == {ALICE: "alice"}
+    bad = raw.post("/v1/discover", content=b'{"v": 1, "type": "nope"}', headers=headers)
+    assert (bad.status_code, bad.json()["error"]["code"]) == (400, "malformed_message")
+
+
+# -- failures -------------------------------------------------------------------------------
+
+
+def test_authentication_failures(serve: Serve) -> None:
+    s = serve()
+    raw = s.raw()
+    request = b"CMW\x01\x03"
+    resp = raw.post("/v1/discover", content=request)
+    assert resp.status_code == 401
+    assert resp.json()["error"]["code"] == "authentication_failed"
+    assert resp.headers["WWW-Authenticate"].startswith("Bearer")
+
+    good = s.tokens.issue("alice")
+    user, expiry, sig = good.split(".")
+    for token in (f"{user}.{int(expiry) + 99}.{sig}", s.tokens.issue("alice", ttl=-5), "x"):
+        http = s.stack.enter_context(HttpServer(s.url, token))
+        with pytest.raises(AuthenticationFailed):
+            http.register("alice", ALICE)
+    expired = s.stack.enter_context(HttpServer(s.url, s.tokens.issue("a", ttl=-5)))
+    with pytest.raises(AuthenticationFailed, match="expired"):
+        expired.register("a", ALICE)
+    with pytest.raises(AuthenticationFailed, match="no token"):
+        s.stack.enter_context(HttpServer(s.url)).register("alice", ALICE)
+    # A token for one user cannot act for another, even through the same-signature API.
+    alice = s.as_user("alice")
+    with pytest.raises(AuthenticationFailed, match="another user"):
+        alice.register("bob", BOB)
+    assert s.service.store.get_users(["alice", "bob"]) == [None, None]
+
+
+def test_body_limits_and_malformed_bodies(serve: Serve) -> None:
+    s = serve(max_body=1024)
+    raw = s.raw()
+    auth = {"Authorization": f"Bearer {s.tokens.issue('alice')}"}
+
+    too_big = raw.post("/v1/discover", content=b"\0" * 2048, headers=auth)
+    assert (too_big.status_code, too_big.json()["error"]["code"]) == (413, "payload_too_large")
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: the stream itself is counted
+        for _ in range(4):
+            yield b"\0" * 512
+
+    chunked = raw.post("/v1/discover", content=chunks(), headers=auth)
+    assert "content-length" not in chunked.request.headers
+    assert chunked.status_code == 413
+    with pytest.raises(InvalidInput, match="exceeds 1024"):
+        s.as_user("alice").discover("alice", b"\0" * 2048)
+
+    garbage = raw.post("/v1/discover", content=b"garbage", headers=auth)
+    assert (garbage.status_code, garbage.json()["error"]["code"]) == (400, "malformed_message")
+    with pytest.raises(MalformedMessage):
+        s.as_user("alice").discover("alice", b"CMW\x01\x63")
+    wrong_type = raw.post(
+        "/v1/discover", content=b"x", headers={**auth, "Content-Type": "text/plain"}
+    )
+    assert (wrong_type.status_code, wrong_type.json()["error"]["code"]) == (
+        415,
+        "unsupported_media_type",
+    )
+    for body in (b"{", b"[]", b'{"number": 5}', b'{"region": "IR"}', b'{"number": "1", "x": 1}'):
+        resp = raw.post("/v1/register", content=body, headers=auth)
+        assert (resp.status_code, resp.json()["error"]["code"]) == (400, "invalid_input"), body
+    bad_number = raw.post("/v1/register", json={"number": "0912"}, headers=auth)
+    error = bad_number.json()["error"]
+    assert (error["code"], bad_number.status_code) == ("invalid_number", 400)
+    assert error["reason"]
+    assert "0912" not in error["message"]
+
+
+def test_rate_limited(serve: Serve) -> None:
+    limits = RateLimits(requests=Quota(name="requests", capacity=2, period=3600))
+    s = serve(ServiceSettings(limits=limits))
+    register_all(s, {"alice": ALICE})
+    dave = s.as_user("dave")
+    client = DiscoveryClient(dave.info("oprf+bucket"))
+    send = lambda b: dave.discover("dave", b)  # noqa: E731
+    client.discover([ALICE], send)  # two requests: evaluate, then buckets
+    with pytest.raises(RateLimited) as exc:
+        client.discover([ALICE], send)
+    assert exc.value.retry_after > 0
+    assert exc.value.quota == "requests"
+
+    resp = s.raw().post(
+        "/v1/discover",
+        content=client.prepare([ALICE]),
+        headers={"Authorization": f"Bearer {s.tokens.issue('dave')}"},
+    )
+    assert resp.status_code == 429
+    error = resp.json()["error"]
+    assert error["code"] == "rate_limited"
+    assert int(resp.headers["Retry-After"]) >= error["retry_after"] > 0
+
+
+def test_unknown_scheme_key_and_routes(serve: Serve) -> None:
+    s = serve()
+    register_all(s, {"alice": ALICE})
+    alice = s.as_user("alice")
+    with pytest.raises(UnknownScheme):
+        alice.info("oprf+nothing")
+    with pytest.raises(UnknownScheme):
+        alice.published_filter("plain+filter")  # exists, but is not served here
+    stale = LookupRequest(scheme="oprf+filter", key_id="rotated-out", tokens=[b"t" * 32])
+    with pytest.raises(UnknownKeyId):
+        alice.discover("alice", stale.encode())
+    raw = s.raw()
+    resp = raw.post("/v1/discover", content=stale.encode(), headers={
+        "Authorization": f"Bearer {s.tokens.issue('alice')}"})  # fmt: skip
+    assert (resp.status_code, resp.json()["error"]["code"]) == (409, "unknown_key_id")
+    assert raw.get("/v1/info/oprf+nothing").status_code == 404
+    assert raw.get("/v1/nowhere").json()["error"]["code"] == "not_found"
+    assert raw.delete("/v1/schemes").json()["error"]["code"] == "method_not_allowed"
+
+
+def test_stats_need_admin(serve: Serve, key: ServerKey) -> None:
+    s = serve()
+    register_all(s, {"alice": ALICE})
+    with pytest.raises(AuthenticationFailed, match="admin"):
+        s.as_user("alice").stats()
+
+    admin = SignedTokens(derive_token_secret(key, b"contactmatch/admin/v1"))
+    t = serve(admin=admin)
+    register_all(t, {"alice": ALICE, "bob": BOB})
+    ops = t.stack.enter_context(HttpServer(t.url, admin.issue("ops")))
+    assert ops.stats()["registrations"] == 2
+    with pytest.raises(AuthenticationFailed):
+        t.as_user("alice").stats()  # a user token is not an admin token
+
+
+def test_unexpected_errors_stay_opaque(serve: Serve, caplog: pytest.LogCaptureFixture) -> None:
+    def broken(token: str) -> str:
+        raise RuntimeError(f"lookup failed for {ALICE} with {token}")
+
+    s = serve(authenticate=broken)
+    with caplog.at_level(logging.ERROR, logger="contactmatch.server"):
+        resp = s.raw().post("/v1/register", json={"number": ALICE},
+                            headers={"Authorization": "Bearer sekrit-token"})  # fmt: skip
+    assert resp.status_code == 500
+    assert resp.json() == {"error": {"code": "internal", "message": "internal server error"}}
+    assert "RuntimeError" in caplog.text
+    assert ALICE not in caplog.text
+    assert "sekrit-token" not in caplog.text
+
+
+def test_openapi_covers_every_route(serve: Serve) -> None:
+    s = serve()
+    doc = s.raw().get("/openapi.json").json()
+    assert doc["openapi"] == "3.1.0"
+    app = create_app(s.service, authenticate=s.tokens)
+    routes = {
+        (r.path, m.lower())
+        for r in app.routes
+        if isinstance(r, Route)
+        for m in (r.methods or ())
+        if m != "HEAD"
+    }
+    documented = {(path, method) for path, ops in doc["paths"].items() for method in ops}
+    assert routes == documented
+    assert len(routes) == 11
+    for path, method in routes:
+        op = doc["paths"][path][method]
+        assert op["summary"]
+        assert op["responses"]
+        for param in op["parameters"]:
+            if param["in"] == "path":
+                assert "{" + param["name"] + "}" in path
+    assert "requestBody" in doc["paths"]["/v1/register"]["post"]
+
+
+# -- client error mapping and transport -----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("status", "code", "expected"),
+    [
+        (400, "malformed_message", MalformedMessage),
+        (400, "invalid_input", InvalidInput),
+        (400, "verification_failed", VerificationFailed),
+        (401, "authentication_failed", AuthenticationFailed),
+        (403, "forbidden", AuthenticationFailed),
+        (404, "unknown_user", UnknownUser),
+        (404, "unknown_scheme", UnknownScheme),
+        (409, "unknown_key_id", UnknownKeyId),
+        (409, "conflict", Conflict),
+        (413, "payload_too_large", InvalidInput),
+        (503, "store_unavailable", StoreUnavailable),
+        (500, "internal", ApiError),
+        (418, "teapot", ApiError),
+    ],
+)
+def test_client_maps_error_codes(status: int, code: str, expected: type[Exception]) -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(status, json={"error": {"code": code, "message": "m"}})
+
+    transport = httpx.MockTransport(handler)
+    with (
+        HttpServer("http://cm.test", "t", transport=transport) as http,
+        pytest.raises(expected) as exc,
+    ):
+        http.discover("u", b"x")
+    assert type(exc.value) is expected
+    if isinstance(exc.value, ApiError):
+        assert (exc.value.status, exc.value.code) == (status, code)
+
+
+def test_client_maps_rate_limit_and_non_json() -> None:
+    answers = iter(
+        [
+            httpx.Response(429, json={"error": {"code": "rate_limited", "message": "out",
+                                                "retry_after": 7.5, "quota": "eval"}}),
+            httpx.Response(502, text="<html>bad gateway</html>"),
+        ]
+    )  # fmt: skip
+    transport = httpx.MockTransport(lambda request: next(answers))
+    with HttpServer("http://cm.test", "t", transport=transport) as http:
+        with pytest.raises(RateLimited) as exc:
+            http.discover("u", b"x")
+        assert (exc.value.retry_after, exc.value.quota) == (7.5, "eval")
+        with pytest.raises(ApiError) as api:
+            http.discover("u", b"x")
+        assert api.value.status == 502
+    assert repr(http) == "<HttpServer http://cm.test token=set>"  # never the token itself
+
+
+def test_unreachable_server_is_store_unavailable() -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    # Nothing listens on the port any more.
+    http = HttpServer(f"http://127.0.0.1:{port}", "t", timeout=2)
+    with http, pytest.raises(StoreUnavailable):
+        http.schemes()
+
+
+# -- serving --------------------------------------------------------------------------------
+
+
+def test_serve_command_wires_store_keys_and_tokens(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    key = ServerKey.generate(Mode.OPRF)
+    key_path = tmp_path / "server.key"
+    key.save(key_path)
+    parser = argparse.ArgumentParser()
+    add_serve_arguments(parser)
+    args = parser.parse_args(
+        ["--store", f"sqlite:///{tmp_path}/reg.db", "--key", str(key_path), "--region", "IR",
+         "--scheme", "oprf+bucket", "--port", "0"]
+    )  # fmt: skip
+    served: list[Any] = []
+
+    def fake_run(app: Any, **options: Any) -> None:
+        # Serve the app `run` built, for real, and use it like a client would.
+        assert options["host"] == "127.0.0.1"
+        with ServerThread(app) as url:
+            tokens = SignedTokens.from_server_key(key)
+            with HttpServer(url, tokens.issue("alice")) as alice:
+                served.append(alice.schemes())
+                served.append(alice.register("alice", "0912 345 6789"))  # region IR applies
+                served.append(alice.sync([ALICE], scheme="oprf+bucket").matches)
+
+    import uvicorn
+
+    monkeypatch.setattr(uvicorn, "run", fake_run)
+    assert serve_command(args) == 0
+    assert served == [["oprf+bucket"], ALICE, {ALICE: "alice"}]
+    data_key = tmp_path / "server.key.data"
+    assert stat.S_IMODE(data_key.stat().st_mode) == 0o600
+    err = capsys.readouterr().err
+    assert "created data key" in err
+    assert str(data_key) in err
+    # The second start reuses the key (and says nothing): the numbers stay readable.
+    assert isinstance(load_or_create_data_key(data_key), DataKey)
+    assert capsys.readouterr().err == ""
+
+
+def test_server_thread_reports_a_failed_start(serve: Serve) -> None:
+    s = serve()
+    port = int(s.url.rsplit(":", 1)[1])
+    app = create_app(s.service, authenticate=s.tokens)
+    with pytest.raises(OSError, match="failed to start"):
+        ServerThread(app, port=port).start()  # the port is taken
+
+
+def test_missing_extra_names_the_fix(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in list(sys.modules):
+        if name == "contactmatch.server" or name.startswith("contactmatch.server."):
+            monkeypatch.delitem(sys.modules, name)
+    for module in ("starlette", "httpx"):
+        monkeypatch.setitem(sys.modules, module, None)
+        with pytest.raises(MissingDependency) as exc:
+            importlib.import_module("contactmatch.server")
+        assert f"{module} is not installed" in str(exc.value)
+        assert "pip install 'contactmatch[server]'" in str(exc.value)
+        assert exc.value.extra == "server"
+        monkeypatch.delitem(sys.modules, module)
+
+
+def test_importing_contactmatch_loads_no_server_stack() -> None:
+    code = (
+        "import sys, contactmatch, contactmatch.service, contactmatch.server.serve\n"
+        "loaded = sorted(m for m in ('starlette', 'uvicorn', 'httpx') if m in sys.modules)\n"
+        "print(','.join(loaded))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert out.stdout.strip() == ""
+
+
+def test_info_is_server_info(serve: Serve) -> None:
+    s = serve()
+    info = ServerInfo.decode(s.as_user("x").info("oprf+bucket"))
+    assert info.key_id == s.service.key_id
+    resp = s.raw().get("/v1/schemes")
+    assert json.loads(resp.content) == {"schemes": ["oprf+filter", "oprf+bucket"]}
+
+
+def test_serve_command_defaults_to_voprf_schemes_for_a_voprf_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    key_path = tmp_path / "v.key"
+    ServerKey.generate(Mode.VOPRF).save(key_path)
+    parser = argparse.ArgumentParser()
+    add_serve_arguments(parser)
+    args = parser.parse_args(["--store", "memory://", "--key", str(key_path)])
+    seen: list[list[str]] = []
+
+    def fake_run(app: Any, **options: Any) -> None:
+        with ServerThread(app) as url, HttpServer(url) as http:
+            seen.append(http.schemes())
+
+    import uvicorn
+
+    monkeypatch.setattr(uvicorn, "run", fake_run)
+    assert serve_command(args) == 0
+    assert seen == [["voprf+filter", "voprf+bucket"]]
+
+
+def test_public_exports_are_pinned() -> None:
+    import contactmatch.server as server_pkg
+
+    assert server_pkg.__all__ == sorted(server_pkg.__all__)
+    assert server_pkg.__all__ == [
+        "ApiError",
+        "Authenticator",
+        "HttpServer",
+        "ServerThread",
+        "SignedTokens",
+        "create_app",
+        "derive_token_secret",
+        "run",
+    ]
+    for name in server_pkg.__all__:
+        assert getattr(server_pkg, name) is not None
+    with pytest.raises(AttributeError):
+        _ = server_pkg.nothing_here
+
+
+def test_background_refresh_picks_up_other_processes(tmp_path: Path) -> None:
+    """Two servers on one store: the HTTP one sees the other's registrations via refresh."""
+    import time as _time
+
+    from contactmatch.server import HttpServer, ServerThread, SignedTokens, create_app
+
+    url = f"sqlite:///{tmp_path}/shared.db"
+    key = ServerKey.generate(Mode.OPRF)
+    data = DataKey.generate()
+    with open_store(url) as s1, open_store(url) as s2:
+        writer = DiscoveryServer(s1, key, data)
+        served = DiscoveryServer(s2, key, data)
+        tokens = SignedTokens.from_server_key(key)
+        app = create_app(served, authenticate=tokens.verify, refresh_every=0.05)
+        writer.register("me", "+989120000001")
+        with ServerThread(app, lifespan="on") as base:
+            http = HttpServer(base, tokens.issue("me"))
+            try:
+                writer.register("late", "+989120000002")
+                deadline = _time.monotonic() + 10
+                found: dict[str, str] = {}
+                while _time.monotonic() < deadline and not found:
+                    found = http.sync(["+989120000002"], scheme="oprf+bucket").matches
+                    _time.sleep(0.05)
+                assert found == {"+989120000002": "late"}
+            finally:
+                http.close()
