@@ -179,6 +179,11 @@ class TokenTable:
                 self._buckets = None
             return gone
 
+    def users(self) -> list[str]:
+        """Every registered user id."""
+        with self._lock:
+            return list(self._row_of_user)
+
     def token_of(self, user_id: str) -> bytes | None:
         with self._lock:
             r = self._row_of_user.get(user_id)
