@@ -2,12 +2,16 @@
 
 PostgreSQL tests get a fresh schema and Redis tests a fresh key prefix, dropped afterwards.
 When a server is unreachable its tests SKIP with the reason, except under ``CI=true``, where a
-missing service is a broken pipeline and the tests FAIL instead.
+missing service is a broken pipeline and the tests FAIL instead. The Redis Cluster is started
+by the suite (once per session, only if a test needs it); without the ``redis-server`` binary
+its tests skip, or fail under ``CI=true``.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,27 +25,53 @@ from tests.services import (
     PG_HOST,
     PG_PORT,
     REDIS_BASE,
+    REDIS_CLUSTER_BASE,
     REDIS_HOST,
     REDIS_PORT,
     SERVICES,
+    TOOLS,
     drop_pg_schema,
     drop_redis_prefix,
     reachable,
     service_verdict,
+    start_redis_cluster,
+    stop_processes,
+    tool_verdict,
 )
+
+
+def _ci() -> bool:
+    return os.environ.get("CI", "").lower() == "true"
 
 
 @pytest.fixture(autouse=True)
 def _require_services(request: pytest.FixtureRequest) -> None:
     """Skip (or, with CI=true, fail) tests whose marker names an unreachable server."""
     needed = [m for m in SERVICES if request.node.get_closest_marker(m) is not None]
-    verdict = service_verdict(needed, reachable, os.environ.get("CI", "").lower() == "true")
+    verdict = service_verdict(needed, reachable, _ci())
+    if verdict is None:
+        tools = [m for m in TOOLS if request.node.get_closest_marker(m) is not None]
+        verdict = tool_verdict(tools, shutil.which, _ci())
     if verdict is None:
         return
     action, reason = verdict
     if action == "fail":
         pytest.fail(reason, pytrace=False)
     pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A throwaway 3-primary Redis Cluster for the session; yields its base URL."""
+    try:
+        procs = start_redis_cluster(tmp_path_factory.mktemp("redis-cluster"))
+    except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
+        reason = f"cannot start a Redis Cluster: {exc}"
+        if _ci():
+            pytest.fail(f"{reason} (CI=true: a required service is missing)", pytrace=False)
+        pytest.skip(reason)
+    yield REDIS_CLUSTER_BASE
+    stop_processes(procs)
 
 
 @pytest.fixture(params=BACKENDS)
@@ -52,7 +82,7 @@ def backend(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def store_url(backend: str, tmp_path: Path) -> Iterator[str]:
+def store_url(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[str]:
     """A URL naming a fresh, isolated store of the adapter under test (cleaned up after)."""
     tag = "t" + uuid.uuid4().hex[:12]
     if backend == "memory":
@@ -63,6 +93,10 @@ def store_url(backend: str, tmp_path: Path) -> Iterator[str]:
         yield f"{PG_BASE}?schema={tag}"
         if reachable(PG_HOST, PG_PORT):
             drop_pg_schema(tag)
+    elif backend == "redis-cluster":
+        base: str = request.getfixturevalue("redis_cluster")
+        yield f"{base}?prefix={tag}"
+        drop_redis_prefix(tag, cluster=True)
     else:
         yield f"{REDIS_BASE}?prefix={tag}"
         if reachable(REDIS_HOST, REDIS_PORT):

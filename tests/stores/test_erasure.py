@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import pickle
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from contactmatch.stores import BaseStore, fingerprint
 from contactmatch.stores.base import UserRecord
-from tests.services import PG_BASE, REDIS_HOST, REDIS_PORT
+from tests.services import PG_BASE, REDIS_CLUSTER_PORTS, REDIS_HOST, REDIS_PORT
 from tests.stores._helpers import token, user
 
 VICTIM = 150
@@ -43,8 +44,13 @@ def dump(store: BaseStore) -> bytes:
                 out += [r[0].encode() for r in rows]
         return b"\n".join(out)
     import redis
+    import redis.cluster
 
-    r = redis.Redis(host=REDIS_HOST, port=REDIS_PORT)
+    r: Any = (
+        redis.cluster.RedisCluster(host=REDIS_HOST, port=REDIS_CLUSTER_PORTS[0])
+        if getattr(store, "cluster", False)
+        else redis.Redis(host=REDIS_HOST, port=REDIS_PORT)
+    )
     out = []
     try:
         prefix = store.prefix  # type: ignore[attr-defined]

@@ -5,7 +5,8 @@
 0
 
 ``sqlite:///path.db`` is the default; ``postgresql://`` needs ``contactmatch[postgres]`` and
-``redis://`` needs ``contactmatch[redis]``. Importing this package imports no driver.
+``redis://`` (one Redis) or ``redis+cluster://`` (a Redis Cluster) needs ``contactmatch[redis]``.
+Importing this package imports no driver.
 """
 
 from __future__ import annotations
@@ -52,6 +53,8 @@ ADAPTERS: dict[str, tuple[str, str | None, str | None]] = {
     "redis": ("contactmatch.stores.redis:RedisStore", "redis", "redis"),
     "rediss": ("contactmatch.stores.redis:RedisStore", "redis", "redis"),
     "unix": ("contactmatch.stores.redis:RedisStore", "redis", "redis"),
+    "redis+cluster": ("contactmatch.stores.redis:RedisClusterStore", "redis", "redis"),
+    "rediss+cluster": ("contactmatch.stores.redis:RedisClusterStore", "redis", "redis"),
 }
 
 
@@ -59,8 +62,8 @@ def open_store(url: str = DEFAULT_URL, **options: Any) -> BaseStore:
     """Open the store named by ``url``, importing its adapter (and driver) on first use.
 
     Args:
-        url: ``memory://``, ``sqlite:///path.db``, ``postgresql://...[?schema=s]`` or
-            ``redis://...[?prefix=p]``.
+        url: ``memory://``, ``sqlite:///path.db``, ``postgresql://...[?schema=s]``,
+            ``redis://...[?prefix=p]`` or ``redis+cluster://host:port/[?prefix=p]``.
         options: adapter keyword options (e.g. ``schema=``, ``prefix=``, ``pool_size=``).
 
     Returns:

@@ -9,17 +9,22 @@ Indexes are one key per token, ``{P:t:<hex>}`` (token -> user id) and ``{P:o:<he
 (filter versions), ``:stats``, ``:cp`` (checkpoints), ``:schema``.
 
 Every multi-key change is one Lua script, hence atomic on a single Redis (primary + replicas,
-Sentinel). See ``docs/storage.md`` for what changes on a Redis Cluster.
+Sentinel). On a Redis Cluster (``redis+cluster://host:port/?prefix=p`` or ``redis://...?cluster=1``)
+:class:`RedisClusterStore` splits each script into per-slot steps, each atomic in its slot and
+idempotent, run in an order that leaves only states the reads tolerate if a client dies between
+two steps; see the class docstring and ``docs/storage.md`` (Redis Cluster).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import redis
+import redis.cluster
 import redis.exceptions
 
 from contactmatch.errors import (
@@ -41,7 +46,7 @@ from contactmatch.stores.base import (
     net_delta,
 )
 
-__all__ = ["SCHEMA_VERSION", "RedisStore"]
+__all__ = ["SCHEMA_VERSION", "RedisClusterStore", "RedisStore"]
 
 SCHEMA_VERSION = 1
 CHUNK = 1000  # records per script call: long scripts block every other client
@@ -280,12 +285,23 @@ def _text(v: Any) -> str:
     return v.decode() if isinstance(v, bytes) else str(v)
 
 
+_TRUE = {"1", "true", "yes", "on"}
+
+
+def wants_cluster(url: str) -> bool:
+    """Whether the URL names a Redis Cluster (``redis+cluster://`` or ``?cluster=1``)."""
+    parts = urlsplit(url)
+    if parts.scheme.lower().endswith("+cluster"):
+        return True
+    return any(k == "cluster" and v.lower() in _TRUE for k, v in parse_qsl(parts.query))
+
+
 def split_url(url: str, prefix: str | None) -> tuple[str, str]:
-    """Remove our ``prefix`` query option from the URL; return (url, prefix)."""
+    """Remove our ``prefix`` and ``cluster`` query options from the URL; return (url, prefix)."""
     parts = urlsplit(url)
     query = parse_qsl(parts.query, keep_blank_values=True)
     ours = [v for k, v in query if k == "prefix"]
-    rest = [(k, v) for k, v in query if k != "prefix"]
+    rest = [(k, v) for k, v in query if k not in ("prefix", "cluster")]
     chosen = prefix if prefix is not None else (ours[-1] if ours else "cm")
     # Braces and colons would break the hash tags; the name rule excludes braces.
     check_name(chosen, "key prefix")
@@ -296,6 +312,13 @@ class RedisStore(BaseStore):
     """Redis :class:`~contactmatch.stores.base.RegistryStore`; thread- and process-safe."""
 
     name = "redis"
+    #: Whether this handle talks to a Redis Cluster (per-slot steps instead of scripts).
+    cluster = False
+
+    def __new__(cls, url: str, **_options: Any) -> RedisStore:
+        """``redis://...?cluster=1`` opens a :class:`RedisClusterStore`."""
+        chosen = RedisClusterStore if cls is RedisStore and wants_cluster(str(url)) else cls
+        return super().__new__(chosen)
 
     def __init__(self, url: str, *, prefix: str | None = None, timeout: float = 10.0) -> None:
         """Connect and check (or record) the key layout version under the prefix.
@@ -312,9 +335,7 @@ class RedisStore(BaseStore):
         clean, self.prefix = split_url(url, prefix)
         self._g = "{" + self.prefix + ":g}"
         with self._mapped("open"):
-            self._r: Any = redis.Redis.from_url(
-                clean, socket_timeout=timeout, socket_connect_timeout=timeout
-            )
+            self._r: Any = self._connect(clean, timeout)
             try:
                 self._check_layout()
             except BaseException:
@@ -330,6 +351,9 @@ class RedisStore(BaseStore):
         self._take_script = reg(_TAKE)
         self._put_filter_script = reg(_PUT_FILTER)
         self._compact = reg(_COMPACT)
+
+    def _connect(self, url: str, timeout: float) -> Any:
+        return redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
 
     def _check_layout(self) -> None:
         self._r.set(self._g + ":schema", SCHEMA_VERSION, nx=True)
@@ -391,9 +415,12 @@ class RedisStore(BaseStore):
             pipe.hmget(self._ukey(u), USER_FIELDS)
         return [self._record(u, v) for u, v in zip(user_ids, pipe.execute(), strict=True)]
 
+    def _mget(self, keys: list[str]) -> list[Any]:
+        return list(self._r.mget(keys))
+
     def _lookup_tokens(self, tokens: list[bytes]) -> list[UserRecord | None]:
         p = self.prefix
-        uids = self._r.mget(["{" + p + ":t:" + t.hex() + "}" for t in tokens])
+        uids = self._mget(["{" + p + ":t:" + t.hex() + "}" for t in tokens])
         found = [(t, u.decode()) for t, u in zip(tokens, uids, strict=True) if u is not None]
         recs = dict(zip([t for t, _ in found], self._get_users([u for _, u in found]), strict=True))
         # A user may re-register between the two reads: only a matching token counts.
@@ -479,7 +506,12 @@ class RedisStore(BaseStore):
     # filter -------------------------------------------------------------------------------
 
     def _put_filter(self, version: int, key_id: str, blob: bytes, now: float) -> FilterVersion:
-        seq = int(self._put_filter_script(args=[self.prefix, version, key_id, blob, repr(now)]))
+        seq = int(
+            self._put_filter_script(
+                keys=[self._g + ":fv", self._g + ":seq", f"{self._g}:f:{version}"],
+                args=[self.prefix, version, key_id, blob, repr(now)],
+            )
+        )
         return FilterVersion(version=version, key_id=key_id, blob=blob, log_seq=seq, created_at=now)
 
     def _get_filter(self, version: int | None) -> FilterVersion | None:
@@ -510,7 +542,7 @@ class RedisStore(BaseStore):
         return net_delta(since, hi.version, entries)
 
     def _compact_filters(self, keep_from: int) -> None:
-        self._compact(args=[self.prefix, keep_from])
+        self._compact(keys=[self._g + ":fv", self._g + ":log"], args=[self.prefix, keep_from])
 
     # stats and checkpoints ----------------------------------------------------------------
 
@@ -535,3 +567,457 @@ class RedisStore(BaseStore):
 
     def _close(self) -> None:
         self._r.close()
+
+
+# -- Redis Cluster: one script per slot -----------------------------------------------------
+# Each script below touches the keys of ONE hash tag only and names them in KEYS, so the
+# cluster routes it to the slot's primary and runs it atomically there.
+
+# KEYS: token index key; ARGV: uid, stale owner ('' if none). Claim a token for uid.
+_C_CLAIM = r"""
+local cur = redis.call('GET', KEYS[1])
+if cur and cur ~= ARGV[1] and cur ~= ARGV[2] then
+  return redis.error_reply('CONFLICT a token belongs to another user')
+end
+redis.call('SET', KEYS[1], ARGV[1])
+return 1
+"""
+
+# KEYS: token index key; ARGV: uid. Drop the entry only if it still names uid.
+_C_RELEASE = r"""
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+# KEYS: G:log, G:seq, G:ids; ARGV: P, n, then per change: ids op ('add'|'del'|''), uid,
+# old tok, old disc, new tok, new disc ('' = none). Membership log and id index, one slot.
+_C_LOG = (
+    _LUA_LIB
+    + r"""
+for i = 0, tonumber(ARGV[2]) - 1 do
+  local o = 2 + i * 6
+  if ARGV[o + 1] == 'add' then redis.call('ZADD', KEYS[3], 0, ARGV[o + 2]) end
+  if ARGV[o + 1] == 'del' then redis.call('ZREM', KEYS[3], ARGV[o + 2]) end
+  mlog(ARGV[o + 3], ARGV[o + 4], ARGV[o + 5], ARGV[o + 6])
+end
+return 1
+"""
+)
+
+# KEYS: user hash; ARGV: expected tok, expected disc ('' = absent), then the fields to set as
+# name, value pairs ('' values are skipped). Compare-and-set: 0 if the user changed meanwhile.
+_C_USER_SET = r"""
+local old = redis.call('HMGET', KEYS[1], 'tok', 'disc', 'cat')
+if (old[1] or '') ~= ARGV[1] or (old[2] or '') ~= ARGV[2] then return 0 end
+for i = 3, #ARGV, 2 do
+  local v = ARGV[i + 1]
+  if ARGV[i] == 'cat' and old[3] then v = old[3] end
+  if v ~= '' then redis.call('HSET', KEYS[1], ARGV[i], v) end
+end
+return 1
+"""
+
+# KEYS: user hash, its contact set; ARGV: kid, hex... Swap the set; returns the old members,
+# or -1 if the user does not exist.
+_C_CONTACTS_SWAP = r"""
+if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+local olds = redis.call('SMEMBERS', KEYS[2])
+redis.call('DEL', KEYS[2])
+if #ARGV > 1 then
+  for i = 2, #ARGV do redis.call('SADD', KEYS[2], ARGV[i]) end
+  redis.call('HSET', KEYS[1], 'ckid', ARGV[1])
+else
+  redis.call('HDEL', KEYS[1], 'ckid')
+end
+return olds
+"""
+
+# KEYS: user hash, its contact set; ARGV: keep kid. Drop uploads made under another key id;
+# returns the dropped members.
+_C_PURGE = r"""
+local kid = redis.call('HGET', KEYS[1], 'ckid')
+if (not kid) or kid == ARGV[1] then return {} end
+local olds = redis.call('SMEMBERS', KEYS[2])
+redis.call('DEL', KEYS[2])
+redis.call('HDEL', KEYS[1], 'ckid')
+return olds
+"""
+
+_RETRIES = 16  # compare-and-set rounds before giving up on users that keep changing
+_C_SCRIPTS = (_C_CLAIM, _C_RELEASE, _C_LOG, _C_USER_SET, _C_CONTACTS_SWAP, _C_PURGE)
+_SINGLE_SLOT = (_TAKE, _PUT_FILTER, _COMPACT)  # inherited: one hash tag each, cluster-ready
+
+
+@dataclass(slots=True)
+class _Change:
+    """One user's pending write: the new token (None: keep it), setting and hash fields."""
+
+    uid: str
+    tok: bytes | None
+    disc: bytes | None  # None: keep the setting
+    fields: list[Any]
+    op: str = ""  # id index op for the log step: 'add' on registration
+    expect: bytes | None = None  # rekey: apply only while the stored token is this one
+    need_user: bool = False  # discoverability: skip a user deleted meanwhile
+
+
+class RedisClusterStore(RedisStore):
+    """:class:`RedisStore` on a Redis Cluster: per-slot steps instead of cross-slot scripts.
+
+    A write that spans slots (user hash ``{P:u:<id>}``, token index ``{P:t:<hex>}`` and
+    ``{P:o:<hex>}``, service-wide ``{P:g}``) runs as a sequence of steps, each one Lua script
+    or command on one slot (atomic there) and idempotent, in this order:
+
+    * register / change token / change discoverability / rekey: read the user hash; claim the
+      new token's index entry; append to the membership log and id index (``{P:g}``);
+      compare-and-set the user hash (re-read and repeat if it changed meanwhile); release
+      the old token's index entry if it still names the user; re-read the hash and re-claim
+      (``SET NX``) its token's entry, which a concurrent writer's release may have removed.
+    * delete: read the hash; release the token index entry (the user is unfindable from
+      here on); drop the user from the owner sets of its uploads; log the removal and drop
+      the id; delete the hash, upload set, rate buckets and seen set (one slot) last.
+    * replace contacts: add the owner to the new tokens' owner sets; swap the owner's upload
+      set; remove the owner from the owner sets of tokens no longer uploaded.
+
+    The user hash is the truth and the indexes are hints that reads re-check: a token entry
+    that names a missing user, or one whose token differs, reads as absent (and may be taken
+    over by another registration); an owner set entry counts only if the owner's own upload
+    set holds the token. So a client dying between steps leaves a state reads already accept,
+    and repeating the call converges (the hash, written after the claim and log steps and
+    deleted last on erase, still tells the retry what is left to do). What is lost against
+    one Redis: batches are not all-or-nothing across users (a ``Conflict`` found by the
+    up-front check still changes nothing; one raised by a concurrent writer mid-batch leaves
+    the earlier users applied), and the membership log may announce a change a moment before
+    the hash shows it. ``docs/storage.md`` (Redis Cluster) lists the crash states.
+    """
+
+    name = "redis+cluster"
+    cluster = True
+
+    def __init__(self, url: str, *, prefix: str | None = None, timeout: float = 10.0) -> None:
+        """Connect to the cluster (any node's address) and check the key layout version.
+
+        Args:
+            url: ``redis+cluster://host:port/?prefix=p`` (``rediss+cluster://`` for TLS) or a
+                redis-py URL with ``?cluster=1``.
+            prefix: overrides the URL's prefix.
+            timeout: socket connect/read timeout in seconds.
+        """
+        super().__init__(url, prefix=prefix, timeout=timeout)
+        with self._mapped("open"):
+            try:
+                self._load_scripts()
+            except BaseException:
+                self._r.close()
+                raise
+
+    def _connect(self, url: str, timeout: float) -> Any:
+        parts = urlsplit(url)
+        scheme = parts.scheme.lower().removesuffix("+cluster")
+        # A cluster has only database 0: drop the path rather than SELECT.
+        clean = urlunsplit(parts._replace(scheme=scheme, path=""))
+        return redis.cluster.RedisCluster.from_url(
+            clean, socket_timeout=timeout, socket_connect_timeout=timeout
+        )
+
+    def _translate(self, exc: Exception, op: str) -> StoreError:
+        if isinstance(exc, redis.exceptions.RedisClusterException) and not isinstance(
+            exc, redis.exceptions.ResponseError
+        ):
+            return StoreUnavailable(f"redis: {op}: cluster unavailable ({type(exc).__name__})")
+        return super()._translate(exc, op)
+
+    def _mget(self, keys: list[str]) -> list[Any]:
+        return list(self._r.mget_nonatomic(keys))
+
+    # step helpers -------------------------------------------------------------------------
+
+    def _tkey(self, hex_: str) -> str:
+        return "{" + self.prefix + ":t:" + hex_ + "}"
+
+    def _okey(self, hex_: str) -> str:
+        return "{" + self.prefix + ":o:" + hex_ + "}"
+
+    def _eval_many(self, calls: list[tuple[str, list[str], list[Any]]]) -> list[Any]:
+        """Run single-slot scripts ``(source, keys, args)``; results aligned with ``calls``.
+
+        redis-py refuses scripts in a cluster pipeline, so the calls are grouped by the
+        primary that serves their slot and pipelined to it directly. Any call that fails there
+        (moved slot, ``NOSCRIPT`` after a failover, a lost connection) runs again through the
+        cluster client, which follows redirections: every step is idempotent, so running one
+        twice is harmless. Script errors (``CONFLICT``) surface from that second run.
+        """
+        if not calls:
+            return []
+        groups: dict[str, tuple[Any, list[int]]] = {}
+        for i, (_, keys, _) in enumerate(calls):
+            node = self._r.get_node_from_key(keys[0])
+            groups.setdefault(node.name, (node, []))[1].append(i)
+        results: list[Any] = [None] * len(calls)
+        redo: list[int] = []
+        for node, idx in groups.values():
+            pipe = node.redis_connection.pipeline(transaction=False)
+            for i in idx:
+                src, keys, args = calls[i]
+                pipe.evalsha(self._sha[src], len(keys), *keys, *args)
+            try:
+                out = pipe.execute(raise_on_error=False)
+            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
+                redo += idx
+                continue
+            for i, r in zip(idx, out, strict=True):
+                if isinstance(r, Exception):
+                    redo.append(i)
+                else:
+                    results[i] = r
+        for i in sorted(redo):
+            results[i] = self._eval(*calls[i])
+        return results
+
+    def _eval(self, src: str, keys: list[str], args: list[Any]) -> Any:
+        """One single-slot script through the cluster client (loading scripts if needed)."""
+        try:
+            return self._r.evalsha(self._sha[src], len(keys), *keys, *args)
+        except redis.exceptions.NoScriptError:
+            self._load_scripts()
+            return self._r.evalsha(self._sha[src], len(keys), *keys, *args)
+
+    def _load_scripts(self) -> None:
+        # The inherited single-slot scripts too: loaded on every primary up front, no call
+        # pays a NOSCRIPT round trip.
+        self._sha = {src: self._r.script_load(src) for src in (*_C_SCRIPTS, *_SINGLE_SLOT)}
+
+    def _read(self, user_ids: list[str]) -> list[list[Any]]:
+        """Each user's (tok, disc, hex), None fields where the user does not exist."""
+        if not user_ids:
+            return []
+        pipe = self._r.pipeline(transaction=False)
+        for u in user_ids:
+            pipe.hmget(self._ukey(u), ["tok", "disc", "hex"])
+        return [list(v) for v in pipe.execute()]
+
+    def _stale_owners(self, claims: list[tuple[str, bytes]]) -> dict[str, str]:
+        """Check (uid, token) claims against the index; returns hex -> stale owner to replace.
+
+        Raises:
+            Conflict: a token belongs to another user whose hash still holds it.
+        """
+        hexes = [t.hex() for _, t in claims]
+        owners = self._mget([self._tkey(h) for h in hexes])
+        other = [
+            (h, tok, o.decode())
+            for (uid, tok), h, o in zip(claims, hexes, owners, strict=True)
+            if o is not None and o.decode() != uid
+        ]
+        if not other:
+            return {}
+        pipe = self._r.pipeline(transaction=False)
+        for _, _, o in other:
+            pipe.hget(self._ukey(o), "tok")
+        stale: dict[str, str] = {}
+        for (h, tok, o), held in zip(other, pipe.execute(), strict=True):
+            if held == tok:
+                raise Conflict("redis: a token in the batch belongs to another user")
+            stale[h] = o
+        return stale
+
+    def _log(self, entries: list[tuple[str, str, Sequence[Any], Any, Any]]) -> None:
+        """The log step: (ids op, uid, old (tok, disc, hex), new tok, new disc) per user."""
+        args: list[Any] = [self.prefix, len(entries)]
+        for op, uid, old, tok, disc in entries:
+            args += (op, uid, old[0] or b"", old[1] or b"", tok or b"", disc or b"")
+        g = self._g
+        self._eval(_C_LOG, [g + ":log", g + ":seq", g + ":ids"], args)
+
+    def _settle(self, uids: list[str], released: list[tuple[str, str]]) -> None:
+        """Release old (uid, hex) index entries, then re-assert each user's current entry.
+
+        Writers of the same user race: one may release a token's entry just after another
+        claimed it to move the user back to that token. Every writer therefore re-reads the
+        hash after its own hash and release steps and re-claims (``SET NX``) the entry of
+        whatever token the hash now holds; the last writer to touch a token thus always
+        leaves its entry in place.
+        """
+        self._eval_many([(_C_RELEASE, [self._tkey(h)], [uid]) for uid, h in released])
+        if not uids:
+            return
+        pipe = self._r.pipeline(transaction=False)
+        for uid in uids:
+            pipe.hget(self._ukey(uid), "hex")
+        now = pipe.execute()
+        pipe = self._r.pipeline(transaction=False)
+        for uid, h in zip(uids, now, strict=True):
+            if h is not None:
+                pipe.set(self._tkey(h.decode()), uid, nx=True)
+        pipe.execute()
+
+    def _apply(self, changes: list[_Change], olds: list[list[Any]], stale: dict[str, str]) -> int:
+        """Claim, log, compare-and-set, release, stage by stage; returns how many applied.
+
+        Each stage is one pipeline over the batch, so every user still sees the steps in the
+        documented order. A user whose hash changed between the read and the compare-and-set
+        is re-read and goes through the log and hash steps again (both idempotent).
+        """
+
+        def eligible(c: _Change, old: Sequence[Any]) -> bool:
+            if c.expect is not None:
+                return bool(old[0] == c.expect)
+            return old[0] is not None or not c.need_user
+
+        pending = [(c, o) for c, o in zip(changes, olds, strict=True) if eligible(c, o)]
+        self._eval_many(
+            [
+                (_C_CLAIM, [self._tkey(c.tok.hex())], [c.uid, stale.get(c.tok.hex(), "")])
+                for c, _ in pending
+                if c.tok is not None
+            ]
+        )
+        done = 0
+        for _ in range(_RETRIES):
+            if not pending:
+                return done
+            self._log([(c.op, c.uid, o, c.tok or o[0], c.disc or o[1]) for c, o in pending])
+            res = self._eval_many(
+                [
+                    (_C_USER_SET, [self._ukey(c.uid)], [o[0] or b"", o[1] or b"", *c.fields])
+                    for c, o in pending
+                ]
+            )
+            ok = [(c, o) for (c, o), r in zip(pending, res, strict=True) if r]
+            self._settle(
+                [c.uid for c, _ in ok if c.tok is not None],
+                [
+                    (c.uid, o[2].decode())
+                    for c, o in ok
+                    if c.tok is not None and o[2] is not None and o[2].decode() != c.tok.hex()
+                ],
+            )
+            done += len(ok)
+            again = [c for (c, _), r in zip(pending, res, strict=True) if not r]
+            reread = self._read([c.uid for c in again])
+            pending = [(c, o) for c, o in zip(again, reread, strict=True) if eligible(c, o)]
+        if pending:
+            raise Conflict("redis: users kept changing during the write; retry")
+        return done
+
+    # users --------------------------------------------------------------------------------
+
+    def _put_users(self, users: list[UserRecord]) -> None:
+        for i in range(0, len(users), CHUNK):
+            chunk = users[i : i + CHUNK]
+            olds = self._read([u.user_id for u in chunk])
+            stale = self._stale_owners([(u.user_id, u.token) for u in chunk])
+            changes = []
+            for u in chunk:
+                disc = DISC_CODES[u.discoverability]
+                fields = [
+                    *("tok", u.token, "hex", u.token.hex(), "kid", u.key_id, "ct", u.number_ct),
+                    *("disc", disc, "cat", repr(u.created_at), "uat", repr(u.updated_at)),
+                ]
+                changes.append(_Change(u.user_id, u.token, disc, fields, op="add"))
+            self._apply(changes, olds, stale)
+
+    def _set_discoverability(self, changes: dict[str, Discoverability], now: float) -> None:
+        uids = list(changes)
+        olds = self._read(uids)
+        for uid, old in zip(uids, olds, strict=True):
+            if old[0] is None:
+                raise UnknownUser(f"no registered user {uid!r}")
+        fields = ["uat", repr(now)]
+        todo = [
+            _Change(u, None, DISC_CODES[d], ["disc", DISC_CODES[d], *fields], need_user=True)
+            for u, d in changes.items()
+        ]
+        self._apply(todo, olds, {})
+
+    def _rekey_users(self, updates: list[Rekey], now: float) -> int:
+        done = 0
+        for i in range(0, len(updates), CHUNK):
+            chunk = updates[i : i + CHUNK]
+            olds = self._read([u.user_id for u in chunk])
+            stale = self._stale_owners([(u.user_id, u.new_token) for u in chunk])
+            changes = [
+                _Change(
+                    u.user_id,
+                    u.new_token,
+                    None,
+                    [
+                        *("tok", u.new_token, "hex", u.new_token.hex(), "kid", u.key_id),
+                        *("uat", repr(now), "ct", b"" if u.number_ct is None else u.number_ct),
+                    ],
+                    expect=u.old_token,
+                )
+                for u in chunk
+            ]
+            done += self._apply(changes, olds, stale)
+        return done
+
+    def _delete_account(self, user_id: str) -> bool:
+        uk = self._ukey(user_id)
+        old = self._read([user_id])[0]
+        if old[0] is None:
+            return False
+        # Unfindable by token first; the hash goes last, so that a retry after a crash still
+        # finds the user and finishes the erasure.
+        self._eval_many([(_C_RELEASE, [self._tkey(old[2].decode())], [user_id])])
+        self._drop_owner(user_id, list(self._r.smembers(uk + ":c")))
+        self._log([("del", user_id, old, b"", b"")])
+        self._r.delete(uk, uk + ":c", uk + ":rl", uk + ":seen")
+        return True
+
+    # contacts -----------------------------------------------------------------------------
+
+    def _drop_owner(self, owner_id: str, hexes: list[Any]) -> None:
+        if not hexes:
+            return
+        pipe = self._r.pipeline(transaction=False)
+        for h in hexes:
+            pipe.srem(self._okey(_text(h)), owner_id)
+        pipe.execute()
+
+    def _replace_contacts(self, owner_id: str, tokens: list[bytes], key_id: str) -> bool:
+        uk = self._ukey(owner_id)
+        if not self._r.exists(uk):
+            return False
+        new = [t.hex() for t in tokens]
+        if new:
+            pipe = self._r.pipeline(transaction=False)
+            for h in new:
+                pipe.sadd(self._okey(h), owner_id)
+            pipe.execute()
+        olds = self._eval_many([(_C_CONTACTS_SWAP, [uk, uk + ":c"], [key_id, *new])])[0]
+        if olds == -1:  # deleted meanwhile: take back what we added
+            self._drop_owner(owner_id, list(new))
+            return False
+        keep = set(new)
+        self._drop_owner(owner_id, [h for h in olds if _text(h) not in keep])
+        return True
+
+    def _contact_owners(self, tokens: list[bytes]) -> list[list[str]]:
+        listed = super()._contact_owners(tokens)
+        pairs = [(i, o) for i, owners in enumerate(listed) for o in owners]
+        if not pairs:
+            return listed
+        # An owner set entry counts only if the owner's own upload set agrees (see class doc).
+        pipe = self._r.pipeline(transaction=False)
+        for i, o in pairs:
+            pipe.sismember(self._ukey(o) + ":c", tokens[i].hex())
+        out: list[list[str]] = [[] for _ in tokens]
+        for (i, o), ok in zip(pairs, pipe.execute(), strict=True):
+            if ok:
+                out[i].append(o)
+        return out
+
+    def _purge_contacts(self, keep_key_id: str) -> int:
+        dropped, after = 0, "-"
+        while True:
+            ids = self._r.zrangebylex(self._g + ":ids", after, "+", 0, CHUNK)
+            if not ids:
+                return dropped
+            for raw in ids:
+                uid = raw.decode()
+                uk = self._ukey(uid)
+                olds = self._eval(_C_PURGE, [uk, uk + ":c"], [keep_key_id])
+                self._drop_owner(uid, list(olds))
+                dropped += len(olds)
+            after = "(" + ids[-1].decode()

@@ -1,0 +1,248 @@
+"""Redis Cluster specifics: one slot per user, no cross-slot command, crash-safe step order.
+
+The conformance suite already runs on the cluster (backend ``redis-cluster``); these tests add
+what only a cluster has: slot placement, error statistics of every primary, and the states a
+client leaves when it dies between two per-slot steps.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from contactmatch.errors import StoreError, StoreUnavailable
+from contactmatch.stores import ADAPTERS, Discoverability, Rekey, open_store
+from contactmatch.stores.redis import RedisClusterStore, RedisStore
+from tests.services import REDIS_CLUSTER_PORTS, REDIS_HOST, drop_redis_prefix
+from tests.stores._helpers import token, user
+
+pytestmark = pytest.mark.redis_cluster
+
+
+@pytest.fixture
+def prefix(redis_cluster: str) -> Iterator[str]:
+    """A fresh key prefix on the session's cluster, dropped afterwards."""
+    tag = "c" + uuid.uuid4().hex[:12]
+    yield tag
+    drop_redis_prefix(tag, cluster=True)
+
+
+@pytest.fixture
+def cstore(redis_cluster: str, prefix: str) -> Iterator[RedisClusterStore]:
+    s = open_store(f"{redis_cluster}?prefix={prefix}")
+    assert isinstance(s, RedisClusterStore)
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def client() -> Iterator[Any]:
+    """A plain redis-py cluster client for looking at the keys."""
+    import redis.cluster
+
+    r = redis.cluster.RedisCluster(host=REDIS_HOST, port=REDIS_CLUSTER_PORTS[0])
+    yield r
+    r.close()
+
+
+def _keys(client: Any, prefix: str) -> list[bytes]:
+    return list(client.scan_iter(match="{" + prefix + ":*", count=1000))
+
+
+def _errorstats(client: Any) -> dict[str, str]:
+    """``errorstat_*`` lines of every primary (error type -> counts), merged."""
+    out: dict[str, str] = {}
+    for node in client.get_primaries():
+        info = node.redis_connection.info("errorstats")
+        out.update({f"{node.port}:{k}": str(v) for k, v in info.items()})
+    return out
+
+
+def test_urls_open_the_cluster_adapter(redis_cluster: str, prefix: str) -> None:
+    assert ADAPTERS["redis+cluster"][0].endswith(":RedisClusterStore")
+    port = REDIS_CLUSTER_PORTS[1]  # any node will do: the client discovers the others
+    for url in (
+        f"redis+cluster://{REDIS_HOST}:{port}/?prefix={prefix}",
+        f"redis://{REDIS_HOST}:{port}/0?cluster=1&prefix={prefix}",
+    ):
+        with open_store(url) as s:
+            assert type(s) is RedisClusterStore
+            assert s.prefix == prefix  # type: ignore[attr-defined]
+            s.put_users([user(1)])
+            assert s.count_users() == 1
+    # without the flag, a plain Redis URL still opens the single-node adapter
+    assert not RedisStore.cluster
+
+
+def test_unreachable_cluster_is_store_unavailable() -> None:
+    with pytest.raises(StoreUnavailable):
+        open_store("redis+cluster://127.0.0.1:1/?prefix=x", timeout=0.5)
+
+
+def test_one_users_keys_share_one_slot(cstore: RedisClusterStore, client: Any, prefix: str) -> None:
+    cstore.put_users([user(i) for i in range(50)])
+    uid = "u0000007"
+    cstore.replace_contacts(uid, [token(100), token(101)], "k1")
+    cstore.take(uid, "lookup", 1, capacity=5, refill_per_s=1, now=1.0)
+    cstore.add_seen(uid, [b"fp-00001"])
+    mine = [k for k in _keys(client, prefix) if k.startswith(b"{" + f"{prefix}:u:{uid}".encode())]
+    assert len(mine) == 4  # hash, uploads, rate buckets, seen set
+    slots = {client.keyslot(k) for k in mine}
+    assert slots == {client.keyslot(f"{prefix}:u:{uid}")}
+    # the service-wide keys share one slot too, and the users spread over the cluster
+    glob = [k for k in _keys(client, prefix) if k.startswith(b"{" + f"{prefix}:g}}".encode())]
+    assert len({client.keyslot(k) for k in glob}) == 1
+    users = {client.keyslot(f"{prefix}:u:{u.user_id}") for u in (user(i) for i in range(50))}
+    owners = {client.nodes_manager.get_node_from_slot(s).port for s in users}
+    assert len(owners) == len(REDIS_CLUSTER_PORTS)
+
+
+def test_workload_never_crosses_slots(cstore: RedisClusterStore, client: Any) -> None:
+    for node in client.get_primaries():
+        node.redis_connection.config_resetstat()
+    s = cstore
+    s.put_users([user(i) for i in range(300)])
+    s.put_users([user(i, disc=Discoverability.CONTACTS) for i in range(250, 350)])
+    assert s.lookup_tokens([token(5), token(999)])[1] is None
+    s.set_discoverability({"u0000001": Discoverability.NOBODY}, now=2.0)
+    s.put_filter(1, "k1", b"f1", now=2.0)
+    s.rekey_users(
+        [
+            Rekey(user_id=f"u{i:07d}", old_token=token(i), new_token=token(i, "k2"), key_id="k2")
+            for i in range(0, 100, 3)
+        ],
+        now=3.0,
+    )
+    s.replace_contacts("u0000002", [token(i, "c") for i in range(40)], "k1")
+    s.replace_contacts("u0000003", [token(i, "c") for i in range(20, 60)], "k2")
+    assert s.contact_owners([token(30, "c")]) == [["u0000002", "u0000003"]]
+    assert s.purge_contacts("k2") == 40
+    s.take("u0000004", "lookup", 1, capacity=5, refill_per_s=1, now=1.0)
+    s.count_unseen("u0000004", [b"fp-00001"])
+    s.add_seen("u0000004", [b"fp-00001"])
+    s.reset_seen("u0000004")
+    s.delete_account("u0000006")
+    s.put_filter(2, "k1", b"f2", now=4.0)
+    d = s.filter_delta(1)
+    assert d is not None
+    assert d.removed
+    s.compact_filters(2)
+    s.incr_stats({"lookups": 1, "registrations": 2})
+    assert s.get_stats() == {"lookups": 1, "registrations": 2}
+    s.set_checkpoint("rotate:k2", "u0000099")
+    assert len(s.scan_users(None, 1000)) == 349
+    # no primary answered any command with an error: no CROSSSLOT, MOVED, NOSCRIPT, ...
+    assert _errorstats(client) == {}
+
+
+# a client that dies between two steps ----------------------------------------------------
+
+
+class Crash(Exception):
+    """Stands in for the client dying: raised just before a chosen step."""
+
+
+def _crash_before(monkeypatch: pytest.MonkeyPatch, store: RedisClusterStore, marker: str) -> None:
+    """Make the store die the first time it is about to run a script containing ``marker``."""
+    real = store._eval_many
+
+    def failing(calls: list[tuple[str, list[str], list[Any]]]) -> list[Any]:
+        if any(marker in src for src, _, _ in calls):
+            monkeypatch.setattr(store, "_eval_many", real)
+            raise Crash
+        return real(calls)
+
+    monkeypatch.setattr(store, "_eval_many", failing)
+
+
+def test_crash_before_the_user_hash_leaves_an_unreadable_claim(
+    cstore: RedisClusterStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cstore.put_filter(1, "k1", b"f1", now=1.0)
+    _crash_before(monkeypatch, cstore, "HMGET', KEYS[1], 'tok', 'disc', 'cat'")
+    with pytest.raises(StoreError):
+        cstore.put_users([user(1)])
+    # claimed and logged, but no hash: reads see no user
+    assert cstore.lookup_tokens([token(1)]) == [None]
+    assert cstore.get_users(["u0000001"]) == [None]
+    # another user may take over the orphaned claim ...
+    thief = user(1, uid="other")
+    cstore.put_users([thief])
+    assert cstore.lookup_tokens([token(1)]) == [thief]
+    cstore.delete_account("other")
+    # ... and the original call, repeated, converges
+    cstore.put_users([user(1)])
+    assert cstore.lookup_tokens([token(1)]) == [user(1)]
+    cstore.put_filter(2, "k1", b"f2", now=2.0)
+    d = cstore.filter_delta(1)
+    assert d is not None
+    assert d.added == [token(1)]
+
+
+def test_crash_before_releasing_the_old_token(
+    cstore: RedisClusterStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cstore.put_users([user(1)])
+    moved = user(1, salt="new", uid="u0000001")
+    _crash_before(monkeypatch, cstore, "redis.call('DEL', KEYS[1]) end")
+    with pytest.raises(StoreError):
+        cstore.put_users([moved])
+    # the old index entry still names the user, but the hash disagrees: it reads as absent
+    assert cstore.lookup_tokens([token(1), moved.token]) == [None, moved]
+    # and it is no conflict for a newcomer with that token
+    cstore.put_users([user(1, uid="newcomer")])
+    assert cstore.lookup_tokens([token(1)])[0] == user(1, uid="newcomer")
+
+
+def test_crash_during_delete_is_finished_by_a_retry(
+    cstore: RedisClusterStore, monkeypatch: pytest.MonkeyPatch, client: Any, prefix: str
+) -> None:
+    cstore.put_users([user(1), user(2)])
+    cstore.replace_contacts("u0000001", [token(50)], "k1")
+    cstore.add_seen("u0000001", [b"fp-00001"])
+
+    def die(*_keys: object) -> None:
+        raise Crash
+
+    monkeypatch.setattr(cstore._r, "delete", die)  # dies before the last step
+    with pytest.raises(StoreError):
+        cstore.delete_account("u0000001")
+    monkeypatch.undo()
+    # half-erased: unfindable by token and gone from the log, but the hash is still there ...
+    assert cstore.lookup_tokens([token(1)]) == [None]
+    assert cstore.contact_owners([token(50)]) == [[]]
+    assert cstore.scan_users(None, 10) == [user(2)]
+    assert cstore.get_users(["u0000001"])[0] is not None
+    # ... so the retry finds it and finishes: nothing of the user is left
+    cstore.delete_account("u0000001")
+    everything = b"".join(_keys(client, prefix))
+    for k in _keys(client, prefix):
+        kind = client.type(k)
+        if kind == b"string":
+            everything += client.get(k)
+        elif kind == b"set":
+            everything += b"".join(client.smembers(k))
+        elif kind == b"hash":
+            everything += b"".join(b for kv in client.hgetall(k).items() for b in kv)
+        elif kind == b"zset":
+            everything += b"".join(client.zrange(k, 0, -1))
+    assert b"u0000001" not in everything
+    assert token(1) not in everything
+    assert token(1).hex().encode() not in everything
+    assert cstore.count_users() == 1
+
+
+def test_crash_mid_replace_contacts_never_over_reports(
+    cstore: RedisClusterStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cstore.put_users([user(1)])
+    _crash_before(monkeypatch, cstore, "return -1")
+    with pytest.raises(StoreError):
+        cstore.replace_contacts("u0000001", [token(60)], "k1")
+    # the owner set already names u0000001, but the upload set does not: not reported
+    assert cstore.contact_owners([token(60)]) == [[]]
+    cstore.replace_contacts("u0000001", [token(60)], "k1")
+    assert cstore.contact_owners([token(60)]) == [["u0000001"]]
