@@ -13,7 +13,7 @@ import re
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import NamedTuple, Protocol, Self, runtime_checkable
+from typing import Any, NamedTuple, Protocol, Self, runtime_checkable
 
 from contactmatch.errors import ContactMatchError, InvalidInput, StoreError, UnknownUser
 
@@ -820,3 +820,29 @@ def net_delta(
     added = [t for t in state.values() if t is not None]
     removed = [fp for fp, t in state.items() if t is None]
     return FilterDelta(since=since, until=until, added=added, removed=removed)
+
+
+def user_row(u: UserRecord) -> tuple[str, bytes, str, bytes, int, float, float]:
+    """The SQL column tuple of a record (SQLite and PostgreSQL rows, and their benchmarks)."""
+    return (
+        u.user_id,
+        u.token,
+        u.key_id,
+        u.number_ct,
+        DISC_CODES[u.discoverability],
+        u.created_at,
+        u.updated_at,
+    )
+
+
+def record_from_row(row: Sequence[Any]) -> UserRecord:
+    """The record of a SQL row in :func:`user_row` column order."""
+    return UserRecord(
+        user_id=row[0],
+        token=bytes(row[1]),
+        key_id=row[2],
+        number_ct=bytes(row[3]),
+        discoverability=DISC_NAMES[row[4]],
+        created_at=row[5],
+        updated_at=row[6],
+    )

@@ -10,7 +10,7 @@ upserts, updates and deletes all log through one set-based statement rather than
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -29,7 +29,6 @@ from contactmatch.errors import (
 )
 from contactmatch.stores.base import (
     DISC_CODES,
-    DISC_NAMES,
     BaseStore,
     Discoverability,
     FilterDelta,
@@ -39,7 +38,9 @@ from contactmatch.stores.base import (
     UserRecord,
     leak,
     net_delta,
+    record_from_row,
     take_decision,
+    user_row,
 )
 
 __all__ = ["SCHEMA_VERSION", "PostgresStore"]
@@ -132,31 +133,6 @@ MIGRATIONS: list[str] = [
     """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
-
-
-def user_row(u: UserRecord) -> tuple[str, bytes, str, bytes, int, float, float]:
-    """The COPY row for one record (shared with the benchmark's bare baseline)."""
-    return (
-        u.user_id,
-        u.token,
-        u.key_id,
-        u.number_ct,
-        DISC_CODES[u.discoverability],
-        u.created_at,
-        u.updated_at,
-    )
-
-
-def _record(row: Sequence[Any]) -> UserRecord:
-    return UserRecord(
-        user_id=row[0],
-        token=bytes(row[1]),
-        key_id=row[2],
-        number_ct=bytes(row[3]),
-        discoverability=DISC_NAMES[row[4]],
-        created_at=row[5],
-        updated_at=row[6],
-    )
 
 
 def split_url(url: str, schema: str | None) -> tuple[str, str]:
@@ -294,7 +270,7 @@ class PostgresStore(BaseStore):
                 f"SELECT {USER_COLS} FROM users WHERE user_id = ANY(%s)",  # noqa: S608
                 (user_ids,),
             )
-            found = {r[0]: _record(r) for r in cur.fetchall()}
+            found = {r[0]: record_from_row(r) for r in cur.fetchall()}
         return [found.get(u) for u in user_ids]
 
     def _lookup_tokens(self, tokens: list[bytes]) -> list[UserRecord | None]:
@@ -303,7 +279,7 @@ class PostgresStore(BaseStore):
                 f"SELECT {USER_COLS} FROM users WHERE token = ANY(%s::bytea[])",  # noqa: S608
                 (tokens,),
             )
-            found = {bytes(r[1]): _record(r) for r in cur.fetchall()}
+            found = {bytes(r[1]): record_from_row(r) for r in cur.fetchall()}
         return [found.get(t) for t in tokens]
 
     def _set_discoverability(self, changes: dict[str, Discoverability], now: float) -> None:
@@ -348,7 +324,7 @@ class PostgresStore(BaseStore):
                 "ORDER BY user_id LIMIT %s",
                 (after or "", limit),
             )
-            return [_record(r) for r in cur.fetchall()]
+            return [record_from_row(r) for r in cur.fetchall()]
 
     def _count_users(self) -> int:
         with self._tx() as cur:

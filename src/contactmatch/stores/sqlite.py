@@ -27,7 +27,6 @@ from contactmatch.errors import (
 )
 from contactmatch.stores.base import (
     DISC_CODES,
-    DISC_NAMES,
     BaseStore,
     Discoverability,
     FilterDelta,
@@ -37,7 +36,9 @@ from contactmatch.stores.base import (
     UserRecord,
     leak,
     net_delta,
+    record_from_row,
     take_decision,
+    user_row,
 )
 
 __all__ = ["SCHEMA_VERSION", "SQLiteStore"]
@@ -119,31 +120,6 @@ UPSERT_USER = (
     "ON CONFLICT (user_id) DO UPDATE SET token = excluded.token, key_id = excluded.key_id, "
     "number_ct = excluded.number_ct, disc = excluded.disc, updated_at = excluded.updated_at"
 )
-
-
-def user_row(u: UserRecord) -> tuple[str, bytes, str, bytes, int, float, float]:
-    """The column tuple for one record (shared with the benchmark's bare baseline)."""
-    return (
-        u.user_id,
-        u.token,
-        u.key_id,
-        u.number_ct,
-        DISC_CODES[u.discoverability],
-        u.created_at,
-        u.updated_at,
-    )
-
-
-def _record(row: Sequence[Any]) -> UserRecord:
-    return UserRecord(
-        user_id=row[0],
-        token=bytes(row[1]),
-        key_id=row[2],
-        number_ct=bytes(row[3]),
-        discoverability=DISC_NAMES[row[4]],
-        created_at=row[5],
-        updated_at=row[6],
-    )
 
 
 def _chunks(items: Sequence[Any], n: int = _CHUNK) -> Iterator[Sequence[Any]]:
@@ -265,7 +241,7 @@ class SQLiteStore(BaseStore):
             for chunk in _chunks(user_ids):
                 q = f"SELECT {USER_COLS} FROM users WHERE user_id IN ({_marks(len(chunk))})"  # noqa: S608
                 for row in cur.execute(q, chunk):
-                    found[row[0]] = _record(row)
+                    found[row[0]] = record_from_row(row)
         return [found.get(u) for u in user_ids]
 
     def _lookup_tokens(self, tokens: list[bytes]) -> list[UserRecord | None]:
@@ -274,7 +250,7 @@ class SQLiteStore(BaseStore):
             for chunk in _chunks(tokens):
                 q = f"SELECT {USER_COLS} FROM users WHERE token IN ({_marks(len(chunk))})"  # noqa: S608
                 for row in cur.execute(q, chunk):
-                    rec = _record(row)
+                    rec = record_from_row(row)
                     found[rec.token] = rec
         return [found.get(t) for t in tokens]
 
@@ -306,7 +282,7 @@ class SQLiteStore(BaseStore):
                 f"SELECT {USER_COLS} FROM users WHERE user_id > ? ORDER BY user_id LIMIT ?",  # noqa: S608
                 (after or "", limit),
             ).fetchall()
-        return [_record(r) for r in rows]
+        return [record_from_row(r) for r in rows]
 
     def _count_users(self) -> int:
         with self._read() as cur:
