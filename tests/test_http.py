@@ -37,13 +37,14 @@ from contactmatch.errors import (
     VerificationFailed,
 )
 from contactmatch.filters import load_filter
+from contactmatch.filters import peek_version as filter_version_of
 from contactmatch.keys import ServerKey
 from contactmatch.oprf import Mode
 from contactmatch.ratelimit import Quota, RateLimits
 from contactmatch.schemes.base import ServerInfo
 from contactmatch.schemes.wire import LookupRequest, ServiceResponse, decode, decode_json
 from contactmatch.server import HttpServer, ServerThread, SignedTokens, create_app
-from contactmatch.server._codes import ApiError, filter_version_of
+from contactmatch.server._codes import ApiError
 from contactmatch.server.auth import derive_token_secret
 from contactmatch.server.serve import (
     add_serve_arguments,
@@ -109,13 +110,18 @@ def serve(key: ServerKey, store_url: Callable[[], str]) -> Iterator[Serve]:
             admin: Callable[[str], str] | None = None,
             max_body: int = 4 * 1024 * 1024,
             authenticate: Callable[[str], str] | None = None,
+            verify_number: Callable[[str, str, str | None], bool] | None = None,
         ) -> Served:
             store = open_store(store_url())
             stack.callback(store.close)
             service = DiscoveryServer(store, key, DataKey.generate(), settings=settings)
             tokens = SignedTokens.from_server_key(key)
             app = create_app(
-                service, authenticate=authenticate or tokens, admin=admin, max_body=max_body
+                service,
+                authenticate=authenticate or tokens,
+                admin=admin,
+                max_body=max_body,
+                verify_number=verify_number,
             )
             url = stack.enter_context(ServerThread(app))
             return Served(url=url, service=service, tokens=tokens, stack=stack)
@@ -729,3 +735,33 @@ def test_background_refresh_picks_up_other_processes(tmp_path: Path) -> None:
                 assert found == {"+989120000002": "late"}
             finally:
                 http.close()
+
+
+def test_a_bearer_token_alone_cannot_take_a_number(serve: Serve) -> None:
+    s = serve()
+    assert s.as_user("victim").register("victim", "+989121234567") == "+989121234567"
+    with pytest.raises(Conflict):
+        s.as_user("attacker").register("attacker", "+989121234567")
+    s.as_user("bystander").register("bystander", "+989121234568")
+    with pytest.raises(Conflict):
+        s.as_user("bystander").change_number("bystander", "+989121234567")
+    assert s.service.store.get_users(["victim"])[0] is not None  # untouched
+
+
+def test_verified_possession_moves_a_number(serve: Serve) -> None:
+    def sms(user: str, number: str, proof: str | None) -> bool:
+        return proof == f"code-for-{user}"
+
+    s = serve(verify_number=sms)
+    s.as_user("old-phone").register("old-phone", "+989121234567", proof="code-for-old-phone")
+    with pytest.raises(AuthenticationFailed):  # 403: a wrong code proves nothing
+        s.as_user("new-phone").register("new-phone", "+989121234567", proof="guess")
+    s.as_user("new-phone").register("new-phone", "+989121234567", proof="code-for-new-phone")
+    assert s.service.store.get_users(["old-phone"]) == [None]
+
+
+def test_oversized_since_is_a_clean_400(serve: Serve) -> None:
+    s = serve()
+    resp = s.raw().get("/v1/filter/oprf+filter", params={"since": "9" * 5000})
+    assert resp.status_code == 400
+    assert resp.json()["error"]["code"] == "invalid_input"

@@ -30,6 +30,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from contactmatch.atrest import DataKey
 from contactmatch.contacts import load_contacts
 from contactmatch.errors import (
+    Conflict,
     ContactMatchError,
     InvalidInput,
     MalformedMessage,
@@ -38,7 +39,7 @@ from contactmatch.errors import (
     UnknownScheme,
     UnknownUser,
 )
-from contactmatch.filters import BloomFilter, GolombFilter, load_filter
+from contactmatch.filters import BloomFilter, GolombFilter, is_delta, load_filter
 from contactmatch.keys import KeyRing, ServerKey
 from contactmatch.oprf import Mode
 from contactmatch.phone import normalize, normalize_many
@@ -268,19 +269,23 @@ class DiscoveryServer:
         *,
         region: str | None = None,
         discoverability: Discoverability | str = Discoverability.EVERYONE,
+        transfer: bool = True,
     ) -> str:
         """Register ``user_id`` with ``number``; returns the normalised E.164 number.
 
         Registering again replaces the user's number. If another account holds the number, it
-        moves here (device transfer) and that account's registration is erased.
+        moves here (device transfer) and that account's registration is erased — so call this
+        only once the caller has proven possession of the number (the messenger's SMS
+        verification); with ``transfer=False`` a number held by another account is refused.
 
         Raises:
             InvalidNumber: the number is not a valid mobile number.
             InvalidInput: the user id or setting is malformed.
+            Conflict: ``transfer`` is false and another account holds the number.
         """
         e164 = normalize(number, region or self.settings.region)
         setting = Discoverability(discoverability)
-        self._register_numbers([user_id], [e164], setting)
+        self._register_numbers([user_id], [e164], setting, transfer=transfer)
         return e164
 
     def register_many(
@@ -314,7 +319,12 @@ class DiscoveryServer:
         return sorted(rejected)
 
     def _register_numbers(
-        self, user_ids: Sequence[str], numbers: Sequence[str], setting: Discoverability
+        self,
+        user_ids: Sequence[str],
+        numbers: Sequence[str],
+        setting: Discoverability,
+        *,
+        transfer: bool = True,
     ) -> None:
         if not user_ids:
             return
@@ -330,6 +340,8 @@ class DiscoveryServer:
                     if h is not None and h.user_id != uid
                 }
             )
+            if moved and not transfer:
+                raise Conflict("the number belongs to another account; verify it to transfer")
             for uid in moved:  # device transfer: the old account loses the number for good
                 self.store.delete_account(uid)
             self._unindex(moved)
@@ -350,16 +362,19 @@ class DiscoveryServer:
             self._index([r for r in records if r.discoverability is Discoverability.EVERYONE])
             self.store.incr_stats({"registrations": len(records), "transfers": len(moved)})
 
-    def change_number(self, user_id: str, new_number: str, *, region: str | None = None) -> str:
+    def change_number(
+        self, user_id: str, new_number: str, *, region: str | None = None, transfer: bool = True
+    ) -> str:
         """Move an existing account to a new number; returns the new E.164 number.
 
         Raises:
             UnknownUser: the user is not registered.
             InvalidNumber: the new number is not a valid mobile number.
+            Conflict: ``transfer`` is false and another account holds the number.
         """
         if self.store.get_users([user_id])[0] is None:
             raise UnknownUser("no registered user has that id")
-        return self.register(user_id, new_number, region=region)
+        return self.register(user_id, new_number, region=region, transfer=transfer)
 
     def delete_account(self, user_id: str) -> None:
         """Erase the user everywhere: registration, number, uploads, rate state, filters.
@@ -426,7 +441,11 @@ class DiscoveryServer:
             answer = srv.handle_message(msg)
             if isinstance(answer, LookupResponse):
                 stats["matches"] = len(answer.positions)
-            fps, sealed = self._personal(requester_id, srv)
+            # Lookup and bucket discoveries always end with a match round, so the personal
+            # entries (three store reads) go with that round only; a filter discovery can end
+            # after its evaluation round (no filter hits), so it gets them on every round.
+            last_round = not isinstance(msg, EvalRequest) or srv.scheme.method == "filter"
+            fps, sealed = self._personal(requester_id, srv) if last_round else ([], [])
             return ServiceResponse(
                 inner=answer.encode(),
                 filter_version=srv.filter_version,
@@ -551,7 +570,7 @@ class DiscoveryClient:
 
     def update_filter(self, data: bytes) -> None:
         """Install a whole published filter, or apply a delta to the one held."""
-        if data[:4] in (b"CMFD",) and self._filter is not None:
+        if is_delta(data) and self._filter is not None:
             self._filter.apply_delta(data)
         else:
             self._filter = load_filter(data)

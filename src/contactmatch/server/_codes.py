@@ -29,7 +29,6 @@ __all__ = [
     "ApiError",
     "error_body",
     "exception_for",
-    "filter_version_of",
     "status_and_code",
 ]
 
@@ -72,28 +71,6 @@ _CLIENT_ONLY: dict[str, type[ContactMatchError]] = {
 }
 
 INTERNAL_MESSAGE = "internal server error"
-
-
-def filter_version_of(blob: bytes) -> tuple[int, int | None]:
-    """The version a published filter blob brings a client to, and a delta's base version.
-
-    Reads the fixed header of :mod:`contactmatch.filters` blobs without decoding the payload
-    (a large filter is served often; decoding it per request would dominate). Both filter
-    formats keep their version as a little-endian u64 at offset 8; a delta keeps its base
-    there and its target at offset 16. ``tests/test_http.py`` pins this against the filters.
-
-    Returns:
-        ``(version, None)`` for a whole filter, ``(to_version, since)`` for a delta.
-
-    Raises:
-        MalformedMessage: the blob is too short to be a filter.
-    """
-    if len(blob) < 24:
-        raise MalformedMessage("not a filter blob")
-    first = int.from_bytes(blob[8:16], "little")
-    if blob[:4] == b"CMFD":
-        return int.from_bytes(blob[16:24], "little"), first
-    return first, None
 
 
 def status_and_code(exc: BaseException) -> tuple[int, str]:

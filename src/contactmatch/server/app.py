@@ -16,6 +16,7 @@ import logging
 import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Literal
 from urllib.parse import unquote
 
@@ -28,6 +29,7 @@ from starlette.routing import Route
 
 from contactmatch._version import __version__
 from contactmatch.errors import AuthenticationFailed, InvalidInput
+from contactmatch.filters import peek_version
 from contactmatch.schemes.base import ServerInfo
 from contactmatch.schemes.wire import ContactsUpload, decode, decode_json
 from contactmatch.server._codes import (
@@ -36,9 +38,8 @@ from contactmatch.server._codes import (
     USER_HEADER,
     ApiError,
     error_body,
-    filter_version_of,
 )
-from contactmatch.server.auth import Authenticator
+from contactmatch.server.auth import Authenticator, NumberVerifier
 from contactmatch.service import DiscoveryServer
 from contactmatch.stores.base import Discoverability
 
@@ -93,6 +94,11 @@ _ACCOUNT = {
     "region": {"type": "string", "description": "ISO 3166 region for local numbers"},
 }
 _DISC = {"type": "string", "enum": [d.value for d in Discoverability]}
+_PROOF = {
+    "type": "string",
+    "description": "proof of possession (e.g. an SMS code) for the server's number verifier; "
+    "needed to move a number from another account",
+}
 
 ENDPOINTS: tuple[_Endpoint, ...] = (
     _Endpoint(
@@ -156,7 +162,7 @@ ENDPOINTS: tuple[_Endpoint, ...] = (
         "messenger's SMS verification)",
         body=(JSON,),
         body_doc="register",
-        errors=(400, 401, 403, 413),
+        errors=(400, 401, 403, 409, 413),
         extra={"user_id": {"type": "string"}, "number": {"type": "string"}},
     ),
     _Endpoint(
@@ -167,7 +173,7 @@ ENDPOINTS: tuple[_Endpoint, ...] = (
         summary="Move the caller's account to a new number",
         body=(JSON,),
         body_doc="number",
-        errors=(400, 401, 403, 404, 413),
+        errors=(400, 401, 403, 404, 409, 413),
         extra={"user_id": {"type": "string"}, "number": {"type": "string"}},
     ),
     _Endpoint(
@@ -209,13 +215,13 @@ _BODIES: dict[str, dict[str, Any]] = {
         "type": "object",
         "required": ["number"],
         "additionalProperties": False,
-        "properties": {**_ACCOUNT, "discoverability": _DISC},
+        "properties": {**_ACCOUNT, "discoverability": _DISC, "proof": _PROOF},
     },
     "number": {
         "type": "object",
         "required": ["number"],
         "additionalProperties": False,
-        "properties": _ACCOUNT,
+        "properties": {**_ACCOUNT, "proof": _PROOF},
     },
     "settings": {
         "type": "object",
@@ -230,10 +236,12 @@ _STATUS_TEXT = {
     401: "authentication_failed: missing, forged or expired bearer token",
     403: "forbidden: the token names another user, or no admin authenticator",
     404: "unknown_scheme or unknown_user",
-    409: "unknown_key_id: refresh /v1/info and retry",
+    409: "unknown_key_id (refresh /v1/info and retry) or conflict (the number belongs to "
+    "another account and possession was not verified)",
     413: "payload_too_large",
     415: "unsupported_media_type",
     429: "rate_limited: see Retry-After",
+    503: "store_unavailable",
 }
 
 
@@ -448,8 +456,10 @@ class _Api:
         authenticate: Authenticator,
         admin: Authenticator | None,
         max_body: int,
+        verify_number: NumberVerifier | None = None,
     ) -> None:
         self.server = server
+        self.verify_number = verify_number
         self.authenticate = authenticate
         self.admin = admin
         self.max_body = max_body
@@ -477,7 +487,9 @@ class _Api:
     async def filter(self, request: Request) -> Response:
         scheme: str = request.path_params["scheme"]
         raw_since = request.query_params.get("since")
-        if raw_since is not None and not (raw_since.isascii() and raw_since.isdigit()):
+        if raw_since is not None and not (
+            raw_since.isascii() and raw_since.isdigit() and len(raw_since) <= 20
+        ):
             raise InvalidInput("since must be a non-negative integer")
         since = int(raw_since) if raw_since is not None else None
         wanted = request.headers.get("if-none-match")
@@ -488,7 +500,7 @@ class _Api:
                 if current and f'"{current}"' in wanted:
                     return None, current, None
             blob = self.server.published_filter(scheme, since)
-            return blob, *filter_version_of(blob)
+            return blob, *peek_version(blob)
 
         blob, version, base = await run_in_threadpool(work)
         headers = {"X-Filter-Version": str(version), "Cache-Control": "no-cache"}
@@ -526,20 +538,36 @@ class _Api:
         kept = await run_in_threadpool(work)
         return JSONResponse({"kept": kept})
 
+    async def _verified(self, user: str, obj: Mapping[str, Any]) -> bool:
+        """Whether the request proved possession of its number (then it may move the number
+        from another account); with no verifier configured it never does."""
+        if self.verify_number is None:
+            return False
+        proof = obj.get("proof")
+        ok = await run_in_threadpool(self.verify_number, user, obj["number"], proof)
+        if not ok:
+            raise ApiError(403, "forbidden", "possession of the number was not verified")
+        return True
+
     async def register(self, request: Request) -> Response:
         user = await self._user(request)
         obj = _json_object(
             await _read_body(request, self.max_json),
             {"number": str},
-            {"region": str, "discoverability": str},
+            {"region": str, "discoverability": str, "proof": str},
         )
-        setting = _setting(obj.get("discoverability") or Discoverability.EVERYONE.value)
+        raw = obj.get("discoverability")
+        setting = _setting(Discoverability.EVERYONE.value if raw is None else raw)
+        transfer = await self._verified(user, obj)
         e164 = await run_in_threadpool(
-            self.server.register,
-            user,
-            obj["number"],
-            region=obj.get("region"),
-            discoverability=setting,
+            partial(
+                self.server.register,
+                user,
+                obj["number"],
+                region=obj.get("region"),
+                discoverability=setting,
+                transfer=transfer,
+            )
         )
         return JSONResponse(
             {"user_id": user, "number": e164}, headers={"Cache-Control": "no-store"}
@@ -548,10 +576,17 @@ class _Api:
     async def number(self, request: Request) -> Response:
         user = await self._user(request)
         obj = _json_object(
-            await _read_body(request, self.max_json), {"number": str}, {"region": str}
+            await _read_body(request, self.max_json), {"number": str}, {"region": str, "proof": str}
         )
+        transfer = await self._verified(user, obj)
         e164 = await run_in_threadpool(
-            self.server.change_number, user, obj["number"], region=obj.get("region")
+            partial(
+                self.server.change_number,
+                user,
+                obj["number"],
+                region=obj.get("region"),
+                transfer=transfer,
+            )
         )
         return JSONResponse(
             {"user_id": user, "number": e164}, headers={"Cache-Control": "no-store"}
@@ -586,6 +621,7 @@ def create_app(
     max_body: int = DEFAULT_MAX_BODY,
     admin: Authenticator | None = None,
     refresh_every: float = 0.0,
+    verify_number: NumberVerifier | None = None,
 ) -> Starlette:
     """Build the ASGI app serving ``server`` over HTTP.
 
@@ -595,6 +631,9 @@ def create_app(
             messenger, the token comes from its own login (SMS verification).
         max_body: largest request body in bytes (discovery and upload requests).
         admin: authenticates operators for ``/v1/stats``; without it the endpoint is 403.
+        verify_number: proves a user possesses a number (the messenger's SMS check, given
+            the request's optional ``proof``); only then may registering move a number from
+            another account. Without it a number another account holds is refused (409).
         refresh_every: seconds between :meth:`DiscoveryServer.refresh` calls in the
             background, so several server processes sharing one store see each other's
             registrations and deletions; 0 (the default) for a single process.
@@ -607,7 +646,7 @@ def create_app(
     """
     if max_body <= 0:
         raise InvalidInput("max_body must be positive")
-    api = _Api(server, authenticate, admin, max_body)
+    api = _Api(server, authenticate, admin, max_body, verify_number)
     routes = [
         Route(ep.path, _guard(getattr(api, ep.handler), ep.path), methods=[ep.method])
         for ep in ENDPOINTS

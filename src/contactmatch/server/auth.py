@@ -21,10 +21,15 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from contactmatch.errors import AuthenticationFailed, InvalidInput, InvalidKey
 from contactmatch.keys import ServerKey
 
-__all__ = ["Authenticator", "SignedTokens", "derive_token_secret"]
+__all__ = ["Authenticator", "NumberVerifier", "SignedTokens", "derive_token_secret"]
 
 #: Maps a bearer token to the user id it authenticates; raises AuthenticationFailed otherwise.
 Authenticator = Callable[[str], str]
+#: Proof that a user possesses a number: ``(user_id, number, proof) -> bool``, where ``proof``
+#: is the optional ``"proof"`` field of the request (an SMS code the messenger sent). Without
+#: one, the HTTP API registers only numbers no other account holds: it never moves a number
+#: away from its account on a bearer token alone.
+NumberVerifier = Callable[[str, str, str | None], bool]
 
 _TOKEN_LABEL = b"contactmatch/http-token/v1"
 _MIN_SECRET = 16

@@ -171,15 +171,27 @@ class HttpServer:
         *,
         region: str | None = None,
         discoverability: Discoverability | str = Discoverability.EVERYONE,
+        proof: str | None = None,
     ) -> str:
-        """Register the token's user (``user_id``) with ``number``; returns the E.164 number."""
-        body = {"number": number, "region": region, "discoverability": str(discoverability)}
+        """Register the token's user (``user_id``) with ``number``; returns the E.164 number.
+
+        ``proof`` (e.g. the SMS code) lets the server's number verifier move a number that
+        another account holds; without it such a number is refused (``Conflict``).
+        """
+        body = {
+            "number": number,
+            "region": region,
+            "discoverability": str(discoverability),
+            "proof": proof,
+        }
         resp = self._request("POST", "/v1/register", user=user_id, body=body)
         return str(self._json(resp)["number"])
 
-    def change_number(self, user_id: str, new_number: str, *, region: str | None = None) -> str:
+    def change_number(
+        self, user_id: str, new_number: str, *, region: str | None = None, proof: str | None = None
+    ) -> str:
         """Move the account to a new number; returns the new E.164 number."""
-        body = {"number": new_number, "region": region}
+        body = {"number": new_number, "region": region, "proof": proof}
         resp = self._request("PUT", "/v1/number", user=user_id, body=body)
         return str(self._json(resp)["number"])
 

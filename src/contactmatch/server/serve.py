@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from starlette.types import ASGIApp
 
     from contactmatch.atrest import DataKey
-    from contactmatch.server.auth import Authenticator
+    from contactmatch.server.auth import Authenticator, NumberVerifier
     from contactmatch.service import DiscoveryServer, ServiceSettings
 
 __all__ = [
@@ -106,6 +106,7 @@ def run(
     authenticate: Authenticator | None = None,
     admin: Authenticator | None = None,
     refresh_every: float = 0.0,
+    verify_number: NumberVerifier | None = None,
 ) -> None:
     """Serve the HTTP API with uvicorn until interrupted.
 
@@ -121,6 +122,8 @@ def run(
         authenticate: bearer token -> user id; by default :class:`SignedTokens` keyed from
             the server key (a demo default: a messenger passes its own session check).
         admin: authenticator for ``/v1/stats``; without it that endpoint answers 403.
+        verify_number: proves possession of a number (the messenger's SMS check); without
+            it, registering never moves a number from another account.
         refresh_every: seconds between background re-syncs of the index with the store
             (for several server processes on one store); 0 for a single process.
     """
@@ -138,6 +141,7 @@ def run(
             max_body=max_body,
             admin=admin,
             refresh_every=refresh_every,
+            verify_number=verify_number,
         )
         # The lifespan runs the background refresh task.
         uvicorn.run(app, host=host, port=port, lifespan="on", ws="none", server_header=False)
