@@ -11,12 +11,12 @@ import pytest
 
 from contactmatch.audit import (
     DAY,
-    add_audit_arguments,
     audit_command,
     leakage_report,
     reverse_sha256,
     scale_limits,
 )
+from contactmatch.cli import add_audit_arguments
 from contactmatch.errors import InvalidInput
 from contactmatch.keys import ServerKey
 from contactmatch.oprf import Mode

@@ -47,7 +47,6 @@ __all__ = [
     "NormalUserReport",
     "ReversalReport",
     "SyncRow",
-    "add_audit_arguments",
     "audit_command",
     "daily_bounds",
     "leakage_report",
@@ -871,38 +870,6 @@ def leakage_report(limits: RateLimits | None = None) -> str:
 
 
 # -- command line -------------------------------------------------------------------------------
-def add_audit_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the ``contactmatch audit`` options to ``parser``."""
-    parser.add_argument("--enumeration", action="store_true", help="simulate many-account scrapers")
-    parser.add_argument(
-        "--hash-reversal", action="store_true", help="reverse unsalted sha256 tokens"
-    )
-    parser.add_argument("--leakage", action="store_true", help="print the what-leaks table")
-    parser.add_argument(
-        "--normal-user", action="store_true", help="check a person's syncs stay under quota"
-    )
-    g = parser.add_argument_group("enumeration")
-    g.add_argument("--accounts", type=int, nargs="+", default=[10, 100], help="(10 100)")
-    g.add_argument("--days", type=int, default=5, help="simulated days (5)")
-    g.add_argument("--scheme", default="hmac+lookup", help="scheme attacked (hmac+lookup)")
-    g.add_argument("--registry", type=int, default=5_000, help="registered users (5000)")
-    g.add_argument("--plan", type=int, default=500_000, help="numbers in the plan (500000)")
-    g.add_argument(
-        "--quota-scale",
-        type=float,
-        default=0.05,
-        help="multiply the default quotas by this (0.05: a 1/20-scale world that runs in "
-        "seconds; 1 for the real quotas)",
-    )
-    g.add_argument("--store", default="memory://", help="store URL (memory://)")
-    g.add_argument("--book", type=int, default=5_000, help="normal user's contacts (5000)")
-    g.add_argument("--resyncs", type=int, default=10, help="normal user's daily re-syncs (10)")
-    h = parser.add_argument_group("hash reversal")
-    h.add_argument("--prefix", default="+98912", help="E.164 prefix of the range (+98912)")
-    h.add_argument("--digits", type=int, default=6, help="digits after the prefix (6)")
-    parser.add_argument("--seed", type=int, default=0, help="workload seed (0)")
-
-
 @contextmanager
 def _bar(console: Any, description: str, total: int) -> Iterator[Callable[[int], None]]:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn

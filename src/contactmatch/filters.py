@@ -35,7 +35,15 @@ from contactmatch import _gcs
 from contactmatch._hashing import SALT_BYTES, hash64, pack_tokens, scale
 from contactmatch.errors import InvalidInput, MalformedMessage
 
-__all__ = ["BloomFilter", "FilterKind", "GolombFilter", "build_filter", "load_filter"]
+__all__ = [
+    "BloomFilter",
+    "FilterKind",
+    "GolombFilter",
+    "build_filter",
+    "is_delta",
+    "load_filter",
+    "peek_version",
+]
 
 FilterKind = Literal["gcs", "bloom"]
 U64 = npt.NDArray[np.uint64]
@@ -642,6 +650,33 @@ class BloomFilter(_Versioned):
             raise MalformedMessage("delta does not reproduce the server's filter")
         self._history.clear()
         self._base_version = self.version
+
+
+def is_delta(data: bytes) -> bool:
+    """Whether ``data`` is a delta (:meth:`GolombFilter.delta`) rather than a whole filter."""
+    return bytes(data[:4]) == _DELTA_MAGIC
+
+
+def peek_version(data: bytes) -> tuple[int, int | None]:
+    """The version a filter blob brings a client to, and a delta's base version, read from
+    the fixed header without decoding the payload (servers answer this per request).
+
+    Every header here starts ``magic (4) | format (2) | kind, reserved (2) | u64``: the
+    version of a whole filter, or the base version of a delta, whose target follows.
+
+    Returns:
+        ``(version, None)`` for a whole filter, ``(to_version, since)`` for a delta.
+
+    Raises:
+        MalformedMessage: the blob is too short or not a contactmatch filter.
+    """
+    magic = bytes(data[:4])
+    if len(data) < 24 or magic not in (_GCS_MAGIC, _BLOOM_MAGIC, _DELTA_MAGIC):
+        raise MalformedMessage("not a contactmatch filter")
+    first = int.from_bytes(data[8:16], "little")
+    if magic == _DELTA_MAGIC:
+        return int.from_bytes(data[16:24], "little"), first
+    return first, None
 
 
 def load_filter(data: bytes) -> GolombFilter | BloomFilter:

@@ -58,7 +58,6 @@ class SchemeServer:
         self._filter: GolombFilter | None = None
         self._filter_blob: tuple[int, bytes] | None = None
         self._filter_capacity = 0
-        self._filter_epoch = 0
         self._next_version = 1
 
     # -- registry ---------------------------------------------------------------------------
@@ -127,7 +126,6 @@ class SchemeServer:
             if f is None:
                 n = len(self.table)
                 self._filter_capacity = max(2 * n, 1024)
-                self._filter_epoch += 1
                 # Versions keep rising across rebuilds, so a client's old version number can
                 # never name a version of the new filter.
                 f = GolombFilter.build(
