@@ -105,7 +105,7 @@ def test_load_refuses_group_readable(tmp_path: Path) -> None:
     path = tmp_path / "data.key"
     DataKey.generate().save(path)
     os.chmod(path, 0o640)
-    with pytest.raises(InvalidKey, match="group/others"):
+    with pytest.raises(InvalidKey, match="group or others"):
         DataKey.load(path)
 
 

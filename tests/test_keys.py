@@ -236,3 +236,18 @@ def test_keygen_main(tmp_path: Path) -> None:
     with pytest.raises(InvalidInput):
         keygen_main(str(tmp_path / "other.key"), mode="rsa")
     assert not (tmp_path / "other.key").exists()
+
+
+def test_a_key_file_with_a_non_string_mode_is_invalid(tmp_path: Path) -> None:
+    import json as _json
+
+    path = tmp_path / "k.key"
+    ServerKey.generate().save(path)
+    doc = _json.loads(path.read_text())
+    doc["mode"] = ["oprf"]
+    path.unlink()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(_json.dumps(doc))
+    with pytest.raises(InvalidKey):
+        ServerKey.load(path)

@@ -286,3 +286,31 @@ def test_proof_batches_are_bounded_by_the_two_byte_index() -> None:
         oprf.generate_proof(SK, PK, PK, BLINDED, EVALUATED[:1], mode=Mode.VOPRF)
     with pytest.raises(InvalidInput):
         oprf.verify_proof(PK, PK, [], [], PROOF, mode=Mode.VOPRF)
+
+
+def test_verify_proof_checks_its_own_elements() -> None:
+    from contactmatch.hazmat import oprf as hz
+
+    sk, pk = hz.derive_key_pair(b"\x07" * 32, b"t", hz.Mode.VOPRF)
+    _, blinded = hz.blind(b"x", hz.Mode.VOPRF)
+    evaluated, proof = hz.blind_evaluate(sk, [blinded], hz.Mode.VOPRF, workers=1)
+    assert proof is not None
+    for bad_a, bad_b in (
+        (b"\xff" * 32, pk),
+        (pk, b"\xff" * 32),
+    ):
+        with pytest.raises(VerificationFailed):
+            hz.verify_proof(bad_a, bad_b, [blinded], evaluated, proof, mode=hz.Mode.VOPRF)
+
+
+def test_concurrent_batches_of_growing_size_share_the_pool() -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from contactmatch.hazmat._pool import map_chunks
+
+    def run(n: int) -> int:
+        return sum(hi - lo for lo, hi in map_chunks(lambda lo, hi: (lo, hi), n, None))
+
+    with ThreadPoolExecutor(max_workers=16) as ex:
+        sizes = [16 * k for k in range(1, 200)]
+        assert list(ex.map(run, sizes)) == sizes

@@ -20,14 +20,14 @@ import json
 import os
 import re
 import secrets
-import stat
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from contactmatch._secretfile import read_secret_file, write_secret_file
 from contactmatch.errors import InvalidKey, InvalidNumber, VerificationFailed
 
 __all__ = ["BLOB_VERSION", "DataKey"]
@@ -45,7 +45,8 @@ _E164 = re.compile(r"\+[1-9][0-9]{6,14}")
 @dataclass(frozen=True, slots=True)
 class _Key:
     key_id: str
-    secret: bytes
+    # Never in a repr: a debugger or a traceback's locals must not print key material.
+    secret: bytes = field(repr=False)
 
 
 class DataKey:
@@ -112,9 +113,6 @@ class DataKey:
         Raises:
             InvalidKey: the file already exists (never overwrite a key by accident).
         """
-        p = Path(path)
-        if p.exists():
-            raise InvalidKey(f"refusing to overwrite existing key file {p.name!r}")
         doc = {
             "format": FILE_FORMAT,
             "version": FILE_VERSION,
@@ -123,17 +121,12 @@ class DataKey:
                 k.key_id: base64.b64encode(k.secret).decode("ascii") for k in self._keys.values()
             },
         }
-        tmp = p.with_name(f".{p.name}.{secrets.token_hex(4)}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                json.dump(doc, fh)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, p)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+            write_secret_file(path, json.dumps(doc).encode())
+        except FileExistsError:
+            raise InvalidKey(
+                f"refusing to overwrite existing key file {Path(path).name!r}"
+            ) from None
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> DataKey:
@@ -144,12 +137,9 @@ class DataKey:
         """
         p = Path(path)
         try:
-            mode = p.stat().st_mode
-            raw = p.read_text(encoding="utf-8")
+            raw = read_secret_file(p)
         except OSError as exc:
             raise InvalidKey(f"cannot read data key file {p.name!r}") from exc
-        if mode & (stat.S_IRWXG | stat.S_IRWXO):
-            raise InvalidKey(f"data key file {p.name!r} must not be accessible by group/others")
         try:
             doc: Any = json.loads(raw)
         except ValueError:

@@ -16,17 +16,15 @@ does with private keys: a key that others could read must be treated as leaked, 
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import hashlib
 import hmac
 import json
 import os
-import stat
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, NoReturn
 
+from contactmatch._secretfile import read_secret_file, write_secret_file
 from contactmatch.errors import InvalidInput, InvalidKey, UnknownKeyId
 from contactmatch.hazmat import oprf as _oprf
 from contactmatch.hazmat import ristretto as _r255
@@ -154,24 +152,7 @@ class ServerKey:
             FileExistsError: ``path`` exists and ``overwrite`` is false.
             OSError: the directory is not writable.
         """
-        target = Path(path)
-        if not overwrite and target.exists():
-            raise FileExistsError(f"{target} already exists")
-        tmp = target.with_name(f".{target.name}.{os.getpid()}.{_r255.random_scalar()[:6].hex()}")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_NOFOLLOW, 0o600)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(self._document())
-                fh.flush()
-                os.fsync(fh.fileno())
-            if overwrite:
-                os.replace(tmp, target)
-            else:
-                os.link(tmp, target)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-        _fsync_dir(target.parent)
+        write_secret_file(path, self._document(), overwrite=overwrite)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> ServerKey:
@@ -182,27 +163,8 @@ class ServerKey:
                 regular file, too large, not a version-1 key file, or inconsistent.
             FileNotFoundError: no such file.
         """
-        target = Path(path)
-        try:
-            fd = os.open(target, os.O_RDONLY | _O_NOFOLLOW)
-        except OSError as exc:
-            if exc.errno == errno.ELOOP:
-                raise InvalidKey(f"{target} is a symbolic link; point to the key file") from None
-            raise
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            os.close(fd)
-            raise InvalidKey(f"{target} is not a regular file")
-        with os.fdopen(fd, "rb") as fh:
-            if os.name == "posix" and st.st_mode & 0o077:
-                raise InvalidKey(
-                    f"{target} is accessible by group or others "
-                    f"(mode {stat.S_IMODE(st.st_mode):04o}); run: chmod 600 {target}"
-                )
-            raw = fh.read(_MAX_KEY_FILE + 1)
-        if len(raw) > _MAX_KEY_FILE:
-            raise InvalidKey(f"{target} is too large to be a key file")
-        return cls._from_document(raw, str(target))
+        raw = read_secret_file(path)
+        return cls._from_document(raw, str(Path(path)))
 
     @classmethod
     def _from_document(cls, raw: bytes, where: str) -> ServerKey:
@@ -218,7 +180,8 @@ class ServerKey:
         if doc.get("suite") != _oprf.SUITE_ID.decode():
             raise InvalidKey(f"{where}: unsupported ciphersuite")
         modes = {m.name.lower(): m for m in Mode}
-        mode = modes.get(doc.get("mode"))  # type: ignore[arg-type]
+        raw_mode = doc.get("mode")
+        mode = modes.get(raw_mode) if isinstance(raw_mode, str) else None
         if mode is None:
             raise InvalidKey(f"{where}: unknown mode")
         try:
@@ -230,17 +193,6 @@ class ServerKey:
         if not hmac.compare_digest(key.public_key, pk) or doc.get("key_id") != key.key_id:
             raise InvalidKey(f"{where}: public key or key id does not match the private key")
         return key
-
-
-def _fsync_dir(directory: Path) -> None:
-    # Make the rename durable; not possible (nor needed) on every platform.
-    if os.name != "posix":  # pragma: no cover
-        return
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class KeyRing:

@@ -49,11 +49,13 @@ def _get_pool(size: int) -> ThreadPoolExecutor:
     global _pool, _pool_size  # noqa: PLW0603 -- see _forget_pool
     with _lock:
         if _pool is None or _pool_size < size:
-            old = _pool
-            _pool = ThreadPoolExecutor(max_workers=size, thread_name_prefix="contactmatch-oprf")
-            _pool_size = size
-            if old is not None:
-                old.shutdown(wait=False)
+            # The pool is sized for every core once, never replaced by a bigger one: another
+            # thread may hold the current pool and not have submitted yet, and shutting it
+            # down under that thread would make its submit fail.
+            size = max(size, available_cores())
+            if _pool is None or _pool_size < size:
+                _pool = ThreadPoolExecutor(max_workers=size, thread_name_prefix="contactmatch-oprf")
+                _pool_size = size
         return _pool
 
 

@@ -323,6 +323,10 @@ def verify_proof(
     ch, s = proof[:SCALAR_SIZE], proof[SCALAR_SIZE:]
     if not (r255.is_canonical_scalar(ch) and r255.is_canonical_scalar(s)):
         raise VerificationFailed
+    # a and b go to the unchecked multiplication below, so they are checked here too: this
+    # is a public (hazmat) function and must not trust its callers to have done it.
+    r255.check_element(a)
+    r255.check_element(b)
     r255.check_elements(c)
     r255.check_elements(d)
     m, z = _composites(b, c, d, mode, want_z=True, workers=workers)

@@ -17,6 +17,7 @@ two steps; see the class docstring and ``docs/storage.md`` (Redis Cluster).
 
 from __future__ import annotations
 
+import hmac
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -424,7 +425,10 @@ class RedisStore(BaseStore):
         found = [(t, u.decode()) for t, u in zip(tokens, uids, strict=True) if u is not None]
         recs = dict(zip([t for t, _ in found], self._get_users([u for _, u in found]), strict=True))
         # A user may re-register between the two reads: only a matching token counts.
-        return [r if (r := recs.get(t)) is not None and r.token == t else None for t in tokens]
+        return [
+            r if (r := recs.get(t)) is not None and hmac.compare_digest(r.token, t) else None
+            for t in tokens
+        ]
 
     def _set_discoverability(self, changes: dict[str, Discoverability], now: float) -> None:
         args: list[Any] = [self.prefix, repr(now), len(changes)]
@@ -816,7 +820,7 @@ class RedisClusterStore(RedisStore):
             pipe.hget(self._ukey(o), "tok")
         stale: dict[str, str] = {}
         for (h, tok, o), held in zip(other, pipe.execute(), strict=True):
-            if held == tok:
+            if held is not None and hmac.compare_digest(held, tok):
                 raise Conflict("redis: a token in the batch belongs to another user")
             stale[h] = o
         return stale
@@ -861,7 +865,7 @@ class RedisClusterStore(RedisStore):
 
         def eligible(c: _Change, old: Sequence[Any]) -> bool:
             if c.expect is not None:
-                return bool(old[0] == c.expect)
+                return old[0] is not None and hmac.compare_digest(old[0], c.expect)
             return old[0] is not None or not c.need_user
 
         pending = [(c, o) for c, o in zip(changes, olds, strict=True) if eligible(c, o)]
