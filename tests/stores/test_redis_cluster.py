@@ -246,3 +246,19 @@ def test_crash_mid_replace_contacts_never_over_reports(
     assert cstore.contact_owners([token(60)]) == [[]]
     cstore.replace_contacts("u0000001", [token(60)], "k1")
     assert cstore.contact_owners([token(60)]) == [["u0000001"]]
+
+
+@pytest.mark.redis
+def test_scan_pages_past_ids_whose_hash_is_gone() -> None:
+    """A page of orphaned ids (a delete in flight, a crashed cluster step) does not end a scan."""
+    tag = "t" + uuid.uuid4().hex[:12]
+    store = open_store(f"redis://{REDIS_HOST}:6379/0?prefix={tag}")
+    try:
+        assert isinstance(store, RedisStore)
+        store.put_users([user(i) for i in range(5)])
+        ids = [f"u{i:07d}" for i in range(5)]
+        store._r.delete(*(store._ukey(u) for u in ids[:3]))  # ids stay, hashes go
+        assert [r.user_id for r in store.scan_users(None, 2)] == ids[3:]
+    finally:
+        store.close()
+        drop_redis_prefix(tag)

@@ -448,9 +448,19 @@ class RedisStore(BaseStore):
         return done
 
     def _scan_users(self, after: str | None, limit: int) -> list[UserRecord]:
+        # An id whose hash is gone (a delete in flight; on a cluster, a crashed step) is
+        # skipped, and paging goes on: an empty page would tell callers (rotation, index
+        # loading) that the scan is over.
+        out: list[UserRecord] = []
         lo = "-" if after is None else "(" + after
-        ids = [i.decode() for i in self._r.zrangebylex(self._g + ":ids", lo, "+", 0, limit)]
-        return [r for r in self._get_users(ids) if r is not None] if ids else []
+        while len(out) < limit:
+            raw = self._r.zrangebylex(self._g + ":ids", lo, "+", 0, limit - len(out))
+            if not raw:
+                break
+            ids = [i.decode() for i in raw]
+            out.extend(r for r in self._get_users(ids) if r is not None)
+            lo = "(" + ids[-1]
+        return out
 
     def _count_users(self) -> int:
         return int(self._r.zcard(self._g + ":ids"))
