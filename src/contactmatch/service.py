@@ -408,6 +408,10 @@ class DiscoveryServer:
         the default scheme (the first served) when ``scheme`` is None."""
         return self._scheme(scheme or self.schemes[0]).info().encode()
 
+    def filter_version(self, scheme: str | None = None) -> int:
+        """Current version of a scheme's published filter (0 before the first publication)."""
+        return self._scheme(scheme or self.schemes[0]).filter_version
+
     def published_filter(self, scheme: str | None = None, since: int | None = None) -> bytes:
         """The filter of a filter scheme, whole or as a delta from version ``since``."""
         return self._scheme(scheme or self.schemes[0]).published_filter(since)

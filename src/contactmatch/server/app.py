@@ -30,7 +30,6 @@ from starlette.routing import Route
 from contactmatch._version import __version__
 from contactmatch.errors import AuthenticationFailed, InvalidInput
 from contactmatch.filters import peek_version
-from contactmatch.schemes.base import ServerInfo
 from contactmatch.schemes.wire import ContactsUpload, decode, decode_json
 from contactmatch.server._codes import (
     BINARY,
@@ -496,7 +495,7 @@ class _Api:
 
         def work() -> tuple[bytes | None, int, int | None]:
             if wanted is not None:
-                current = ServerInfo.decode(self.server.info(scheme)).filter_version
+                current = self.server.filter_version(scheme)
                 if current and f'"{current}"' in wanted:
                     return None, current, None
             blob = self.server.published_filter(scheme, since)

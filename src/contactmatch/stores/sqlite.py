@@ -215,7 +215,7 @@ class SQLiteStore(BaseStore):
         if isinstance(exc, sqlite3.OperationalError) and any(
             s in str(exc) for s in ("locked", "unable to open", "disk I/O", "busy")
         ):
-            return StoreUnavailable(f"sqlite: {op}: database unavailable ({exc})")
+            return StoreUnavailable(f"sqlite: {op}: database unavailable ({type(exc).__name__})")
         return super()._translate(exc, op)
 
     # users --------------------------------------------------------------------------------
