@@ -30,7 +30,7 @@ REDIS_BASE = "redis://127.0.0.1:6379/0"
 SERVICES = {"postgres": ("127.0.0.1", 5432), "redis": ("127.0.0.1", 6379)}
 DISC = (Discoverability.EVERYONE, Discoverability.CONTACTS, Discoverability.NOBODY)
 
-Row = tuple[str, bytes, str, bytes, int, float, float]
+Row = tuple[str, bytes, str, bytes, int, float, float, bytes]
 
 
 def make_rows(n: int, seed: int = 7) -> list[Row]:
@@ -40,8 +40,18 @@ def make_rows(n: int, seed: int = 7) -> list[Row]:
     for i in range(n):
         r = rnd.random()
         disc = 0 if r < 0.9 else (1 if r < 0.95 else 2)
+        # number_ct and the wrapped per-user key at their real sizes (atrest v2).
         out.append(
-            (f"u{i:09d}", rnd.randbytes(32), "k1", rnd.randbytes(48), disc, 1e9 + i, 1e9 + i)
+            (
+                f"u{i:09d}",
+                rnd.randbytes(32),
+                "k1",
+                rnd.randbytes(48),
+                disc,
+                1e9 + i,
+                1e9 + i,
+                rnd.randbytes(72),
+            )
         )
     return out
 
@@ -56,8 +66,9 @@ def as_records(rows: Sequence[Row]) -> list[UserRecord]:
             discoverability=DISC[d],
             created_at=a,
             updated_at=b,
+            wrapped_key=w,
         )
-        for u, t, k, c, d, a, b in rows
+        for u, t, k, c, d, a, b, w in rows
     ]
 
 
@@ -123,20 +134,13 @@ class Side:
     def _bare_memory(
         self, batches: Sequence[Sequence[Row]], advance: Callable[[int], None]
     ) -> None:
-        # The same structures MemoryStore keeps: users, token index, membership log.
+        # The same structures MemoryStore keeps: users and the token index.
         users: dict[str, Row] = {}
         by_token: dict[bytes, str] = {}
-        log: dict[int, tuple[int, bool, bytes, bytes]] = {}
-        adds: dict[bytes, int] = {}
-        seq = 0
         for batch in batches:
             for row in batch:
                 users[row[0]] = row
                 by_token[row[1]] = row[0]
-                if row[4] == 0:
-                    seq += 1
-                    log[seq] = (seq, True, row[1], row[1][:8])
-                    adds[row[1]] = seq
             advance(len(batch))
         self.state["by_token"] = by_token
 
@@ -146,7 +150,10 @@ class Side:
         conn = self.state["conn"]
         for batch in batches:
             conn.execute("BEGIN IMMEDIATE")
-            conn.executemany("INSERT INTO users VALUES (?, ?, ?, ?, ?, ?, ?)", batch)
+            conn.executemany(
+                "INSERT INTO users VALUES (?, ?, ?, ?, ?, ?, ?)", [r[:7] for r in batch]
+            )
+            conn.executemany("INSERT INTO user_keys VALUES (?, ?)", [(r[0], r[7]) for r in batch])
             conn.execute("COMMIT")
             advance(len(batch))
 
@@ -157,27 +164,28 @@ class Side:
         cols = "user_id, token, key_id, number_ct, disc, created_at, updated_at"
         types = ["text", "bytea", "text", "bytea", "int2", "float8", "float8"]
         for batch in batches:
-            with (
-                conn.transaction(),
-                conn.cursor() as cur,
-                cur.copy(f"COPY users ({cols}) FROM STDIN (FORMAT BINARY)") as cp,
-            ):
-                cp.set_types(types)
-                for row in batch:
-                    cp.write_row(row)
+            with conn.transaction(), conn.cursor() as cur:
+                with cur.copy(f"COPY users ({cols}) FROM STDIN (FORMAT BINARY)") as cp:
+                    cp.set_types(types)
+                    for row in batch:
+                        cp.write_row(row[:7])
+                with cur.copy("COPY user_keys (user_id, wrapped) FROM STDIN (FORMAT BINARY)") as cp:
+                    cp.set_types(["text", "bytea"])
+                    for row in batch:
+                        cp.write_row((row[0], row[7]))
             advance(len(batch))
 
     def _bare_redis(self, batches: Sequence[Sequence[Row]], advance: Callable[[int], None]) -> None:
         r = self.state["conn"]
         p = self.tag
         g = "{" + p + ":g}"
-        seq = 0
         for batch in batches:
             pipe = r.pipeline(transaction=False)
-            for uid, tok, kid, ct, disc, cat, uat in batch:
+            for uid, tok, kid, ct, disc, cat, uat, wk in batch:
                 hexed = tok.hex()
+                uk = "{" + p + ":u:" + uid + "}"
                 pipe.hset(
-                    "{" + p + ":u:" + uid + "}",
+                    uk,
                     mapping={
                         "tok": tok,
                         "hex": hexed,
@@ -188,12 +196,9 @@ class Side:
                         "uat": repr(uat),
                     },
                 )
+                pipe.set(uk + ":k", wk)
                 pipe.set("{" + p + ":t:" + hexed + "}", uid)
                 pipe.zadd(g + ":ids", {uid: 0})
-                if disc == 0:
-                    seq += 1
-                    pipe.zadd(g + ":log", {b"\x01" + tok: seq})
-            pipe.set(g + ":seq", seq)
             pipe.execute()
             advance(len(batch))
 

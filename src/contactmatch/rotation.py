@@ -3,7 +3,8 @@
 Resumable: after each batch the last user id done is written as a checkpoint in the store, so
 a crashed run continues where it stopped. Re-running a batch is harmless, because a rekey only
 applies while the stored token still equals the one read (and the new token is deterministic).
-Numbers are re-encrypted under the data key's primary on the way, which also completes a
+A number's ciphertext is bound to the row's token, so every rekeyed user is re-sealed for the
+new token under a fresh user key wrapped by the data key's primary, which also completes a
 data-key rotation. Numbers exist in clear only in memory, one batch at a time.
 """
 
@@ -57,7 +58,7 @@ def rotate(
 
     Args:
         store: the registry store.
-        data_key: decrypts stored numbers; its primary key re-encrypts them.
+        data_key: opens stored numbers; its primary key wraps the fresh user keys.
         token_fn: maps E.164 numbers to their tokens under the new key (aligned).
         new_key_id: the new OPRF key's id.
         batch_size: users per transaction.
@@ -95,22 +96,28 @@ def rotate(
             after = store.get_checkpoint(checkpoint)
             touched = 0
             while page := store.scan_users(after, size):
-                todo = [u for u in page if u.key_id != kid or data_key.needs_reencrypt(u.number_ct)]
+                todo = [u for u in page if u.key_id != kid or data_key.needs_rewrap(u.wrapped_key)]
                 if todo:
-                    numbers = [data_key.decrypt(u.number_ct, u.user_id) for u in todo]
+                    numbers = [
+                        data_key.open_number(u.number_ct, u.wrapped_key, u.user_id, u.token)
+                        for u in todo
+                    ]
                     tokens = list(token_fn(numbers))
                     if len(tokens) != len(todo):
                         raise InvalidInput("token_fn returned a different number of tokens")
-                    updates = [
-                        Rekey(
-                            user_id=u.user_id,
-                            old_token=u.token,
-                            new_token=t,
-                            key_id=kid,
-                            number_ct=data_key.encrypt(n, u.user_id),
+                    updates = []
+                    for u, n, t in zip(todo, numbers, tokens, strict=True):
+                        sealed = data_key.seal_number(n, u.user_id, t)
+                        updates.append(
+                            Rekey(
+                                user_id=u.user_id,
+                                old_token=u.token,
+                                new_token=t,
+                                key_id=kid,
+                                number_ct=sealed.number_ct,
+                                wrapped_key=sealed.wrapped_key,
+                            )
                         )
-                        for u, n, t in zip(todo, numbers, tokens, strict=True)
-                    ]
                     del numbers  # clear text lives no longer than its batch
                     done = store.rekey_users(updates, now=_clock())
                     rekeyed += done

@@ -26,16 +26,22 @@ def user(
     now: float = 1_000.0,
     uid: str | None = None,
 ) -> UserRecord:
-    """A registration for user ``u<i>`` with a recognisable fake ciphertext."""
+    """A registration for user ``u<i>`` with a recognisable fake ciphertext and wrapped key."""
     return UserRecord(
         user_id=uid or f"u{i:07d}",
         token=token(i, salt),
         key_id=key_id,
         number_ct=b"CT:" + hashlib.sha256(f"ct:{salt}:{i}".encode()).digest(),
+        wrapped_key=b"WK:" + hashlib.sha256(f"wk:{salt}:{i}".encode()).digest(),
         discoverability=disc,
         created_at=now,
         updated_at=now,
     )
+
+
+def subject(i: int) -> str:
+    """A number-keyed rate subject like the rate limiter's (``n:`` and 32 hex digits)."""
+    return "n:" + hashlib.sha256(f"subject:{i}".encode()).hexdigest()[:32]
 
 
 def worker_take(url: str, n: int) -> int:

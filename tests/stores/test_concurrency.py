@@ -49,7 +49,9 @@ def test_threads_take_exactly_capacity(store: BaseStore) -> None:
 
 def test_threads_seen_set_counts_each_fingerprint_once(store: BaseStore) -> None:
     fps = [i.to_bytes(8, "big") for i in range(200)]
-    counts = _run_threads(4, lambda t: store.add_seen("u1", fps[t * 30 : t * 30 + 110]))
+    counts = _run_threads(
+        4, lambda t: store.add_seen("n:1", fps[t * 30 : t * 30 + 110], now=float(t))
+    )
     assert sum(counts) == len(set(fps[: 3 * 30 + 110]))  # type: ignore[arg-type]
 
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import replace
+from typing import Any
 
 import pytest
 
@@ -14,9 +16,9 @@ from contactmatch.stores import (
     RegistryStore,
     Rekey,
     TakeResult,
-    fingerprint,
 )
-from tests.stores._helpers import token, user
+from tests.services import PG_BASE
+from tests.stores._helpers import subject, token, user
 
 EVERYONE, CONTACTS, NOBODY = (
     Discoverability.EVERYONE,
@@ -103,17 +105,31 @@ def test_rekey_users(store: BaseStore) -> None:
             new_token=token(3, "k2"),
             key_id="k2",
             number_ct=b"new-ct",
+            wrapped_key=b"new-wk",
         ),
         Rekey(user_id="ghost", old_token=token(4), new_token=token(4, "k2"), key_id="k2"),
+        # stale, with a new seal: neither the number nor the key may change
+        Rekey(
+            user_id="u0000004",
+            old_token=token(9),
+            new_token=token(5, "k2"),
+            key_id="k2",
+            number_ct=b"stale-ct",
+            wrapped_key=b"stale-wk",
+        ),
     ]
+    store.put_users([user(4)])
     assert store.rekey_users(updates, now=77.0) == 2
-    a, b, c = store.get_users(["u0000001", "u0000002", "u0000003"])
+    a, b, c, d = store.get_users(["u0000001", "u0000002", "u0000003", "u0000004"])
     assert a is not None
     assert b is not None
     assert c is not None
     assert (a.token, a.key_id, a.number_ct) == (token(1, "k2"), "k2", user(1).number_ct)
+    assert a.wrapped_key == user(1).wrapped_key
     assert (b.token, b.key_id) == (token(2), "k1")
     assert (c.token, c.number_ct, c.updated_at) == (token(3, "k2"), b"new-ct", 77.0)
+    assert c.wrapped_key == b"new-wk"
+    assert d == user(4)
     assert store.lookup_tokens([token(1), token(1, "k2")]) == [None, a]
 
 
@@ -139,22 +155,36 @@ def test_scan_users_pages_in_order(store: BaseStore) -> None:
     assert seen == sorted(ids)
 
 
-def test_delete_account_removes_everything(store: BaseStore) -> None:
+def test_delete_account_removes_account_state(store: BaseStore) -> None:
     store.put_users([user(1), user(2)])
     store.replace_contacts("u0000001", [token(50), token(2)], "k1")
     store.replace_contacts("u0000002", [token(50)], "k1")
-    assert store.take("u0000001", "q", 5, capacity=5, refill_per_s=1e-6, now=1.0).allowed
-    assert store.add_seen("u0000001", [b"fp-00001", b"fp-00002"]) == 2
     store.delete_account("u0000001")
     assert store.get_users(["u0000001"]) == [None]
     assert store.lookup_tokens([token(1)]) == [None]
     assert store.contact_owners([token(50), token(2)]) == [["u0000002"], []]
     assert store.count_users() == 1
-    # rate state and the seen set went with the account: a fresh bucket, an empty set
-    assert store.take("u0000001", "q", 5, capacity=5, refill_per_s=1e-6, now=1.0).allowed
-    assert store.add_seen("u0000001", [b"fp-00001", b"fp-00002"]) == 2
+    assert store.scan_users(None, 10) == [user(2)]
     with pytest.raises(UnknownUser):
         store.delete_account("u0000001")
+    # the same id registers afresh, with its own (new) wrapped key
+    again = user(1, salt="again")
+    store.put_users([again])
+    assert store.get_users(["u0000001"]) == [again]
+
+
+def test_rate_state_survives_delete_account(store: BaseStore) -> None:
+    # Quotas are keyed by the number's subject, not the account: deleting the account and
+    # registering the number again must not hand out a fresh quota.
+    number = subject(1)
+    store.put_users([user(1)])
+    assert store.take(number, "lookup", 5, capacity=5, refill_per_s=1e-6, now=1.0).allowed
+    assert store.add_seen(number, [b"fp-00001", b"fp-00002"], now=1.0) == 2
+    store.delete_account("u0000001")
+    store.put_users([user(1, uid="re-registered")])
+    assert not store.take(number, "lookup", 1, capacity=5, refill_per_s=1e-6, now=2.0).allowed
+    assert store.count_unseen(number, [b"fp-00001", b"fp-00002"], now=2.0, ttl=100) == 0
+    assert store.add_seen(number, [b"fp-00001", b"fp-00002"], now=2.0) == 0
 
 
 # contacts ---------------------------------------------------------------------------------
@@ -197,6 +227,15 @@ def test_purge_contacts_keeps_current_key(store: BaseStore) -> None:
 # rate limits ------------------------------------------------------------------------------
 
 
+def test_subjects_are_namespaced(store: BaseStore) -> None:
+    # A user id cannot contain ':', so "g:eval" and "n:<hash>" never meet an account's id.
+    for subj in ("g:eval", subject(1), "g", "u0000001"):
+        assert store.take(subj, "q", 10, capacity=10, refill_per_s=1e-6, now=1.0).allowed
+        assert store.add_seen(subj, [b"fp-00001"], now=1.0) == 1
+    assert not store.take("g:eval", "q", 1, capacity=10, refill_per_s=1e-6, now=1.0).allowed
+    assert store.take("g:other", "q", 1, capacity=10, refill_per_s=1e-6, now=1.0).allowed
+
+
 def test_take_is_a_leaky_bucket(store: BaseStore) -> None:
     def take(cost: float, now: float) -> TakeResult:
         return store.take("u1", "lookup", cost, capacity=10, refill_per_s=2, now=now)
@@ -222,106 +261,123 @@ def test_take_tolerates_clock_going_back(store: BaseStore) -> None:
 
 def test_count_unseen_does_not_remember(store: BaseStore) -> None:
     fps = [b"aaaaaaaa", b"bbbbbbbb", b"aaaaaaaa", b"cccccccc"]
-    assert store.count_unseen("u1", fps) == 3
-    assert store.count_unseen("u1", fps) == 3
-    store.add_seen("u1", [b"bbbbbbbb"])
-    assert store.count_unseen("u1", fps) == 2
-    assert store.count_unseen("u2", fps) == 3
-    assert store.count_unseen("u1", []) == 0
+    day = 86_400.0
+    assert store.count_unseen("n:1", fps, now=1.0, ttl=day) == 3
+    assert store.count_unseen("n:1", fps, now=1.0, ttl=day) == 3
+    store.add_seen("n:1", [b"bbbbbbbb"], now=1.0)
+    assert store.count_unseen("n:1", fps, now=1.0, ttl=day) == 2
+    assert store.count_unseen("n:2", fps, now=1.0, ttl=day) == 3
+    assert store.count_unseen("n:1", [], now=1.0, ttl=day) == 0
     many = [i.to_bytes(8, "big") for i in range(1_200)]  # more than one SQL chunk
-    store.add_seen("u3", many[::2])
-    assert store.count_unseen("u3", many) == 600
+    store.add_seen("n:3", many[::2], now=1.0)
+    assert store.count_unseen("n:3", many, now=1.0, ttl=day) == 600
 
 
 def test_seen_set_counts_new_only(store: BaseStore) -> None:
-    assert store.add_seen("u1", [b"aaaaaaaa", b"bbbbbbbb", b"aaaaaaaa"]) == 2
-    assert store.add_seen("u1", [b"bbbbbbbb", b"cccccccc"]) == 1
-    assert store.add_seen("u2", [b"bbbbbbbb"]) == 1
-    assert store.add_seen("u1", []) == 0
-    store.reset_seen("u1")
-    assert store.add_seen("u1", [b"aaaaaaaa"]) == 1
+    assert store.add_seen("n:1", [b"aaaaaaaa", b"bbbbbbbb", b"aaaaaaaa"], now=1.0) == 2
+    assert store.add_seen("n:1", [b"bbbbbbbb", b"cccccccc"], now=1.0) == 1
+    assert store.add_seen("n:2", [b"bbbbbbbb"], now=1.0) == 1
+    assert store.add_seen("n:1", [], now=1.0) == 0
+    store.reset_seen("n:1")
+    assert store.add_seen("n:1", [b"aaaaaaaa"], now=1.0) == 1
+    many = [i.to_bytes(8, "big") for i in range(2_500)]  # more than one Lua unpack chunk
+    assert store.add_seen("n:4", many, now=1.0) == 2_500
+    assert store.add_seen("n:4", many, now=2.0) == 0
+    assert store.count_unseen("n:4", many, now=100.0, ttl=98.5) == 0  # all refreshed to 2.0
 
 
-# filter -----------------------------------------------------------------------------------
+def test_seen_entries_expire_after_ttl(store: BaseStore) -> None:
+    a, b, c = b"aaaaaaaa", b"bbbbbbbb", b"cccccccc"
+    assert store.add_seen("n:1", [a, b], now=100.0) == 2
+    assert store.add_seen("n:1", [b], now=150.0) == 0  # refreshes b
+    assert store.add_seen("n:1", [a], now=90.0) == 0  # a clock going back never ages an entry
+    assert store.count_unseen("n:1", [a, b, c], now=199.0, ttl=100) == 1  # only c
+    # an entry last added ttl or more seconds ago counts as unseen, swept or not
+    assert store.count_unseen("n:1", [a, b, c], now=200.0, ttl=100) == 2  # a and c
+    assert store.expire_rate_state(now=200.0, seen_ttl=100) == 1  # a goes, b stays
+    assert store.count_unseen("n:1", [b], now=200.0, ttl=100) == 0
+    assert store.add_seen("n:1", [a], now=200.0) == 1  # new again
+    assert store.expire_rate_state(now=200.0, seen_ttl=100) == 0
+    assert store.expire_rate_state(now=1_000.0, seen_ttl=100) == 2
+    assert store.count_unseen("n:1", [a, b], now=1_000.0, ttl=1e9) == 2
+    assert seen_exists(store, "n:1") is False
+    # an expired entry not yet swept is still "in" the set for add_seen's count
+    store.add_seen("n:2", [a], now=1.0)
+    assert store.count_unseen("n:2", [a], now=10.0, ttl=5) == 1
+    assert store.add_seen("n:2", [a], now=10.0) == 0
+    assert store.count_unseen("n:2", [a], now=10.0, ttl=5) == 0
 
 
-def test_filter_versions(store: BaseStore) -> None:
-    assert store.get_filter() is None
-    v1 = store.put_filter(1, "k1", b"\x00blob-1", now=1.0)
-    store.put_filter(3, "k1", b"blob-3", now=3.0)
-    latest = store.get_filter()
-    assert latest is not None
-    assert (latest.version, latest.blob, latest.key_id) == (3, b"blob-3", "k1")
-    got1 = store.get_filter(1)
-    assert got1 is not None
-    assert got1.blob == v1.blob
-    assert store.get_filter(2) is None
-    for bad in (3, 2):
-        with pytest.raises(Conflict):
-            store.put_filter(bad, "k1", b"x", now=4.0)
+def test_a_drained_bucket_is_dropped(store: BaseStore) -> None:
+    t = 1_000.0
+    # drains in 50 ms of the caller's clock (and, for Redis's key expiry, of real time)
+    assert store.take("n:short", "q", 5, capacity=10, refill_per_s=100, now=t).allowed
+    # drains in 1,000 s
+    assert store.take("n:long", "q", 5, capacity=10, refill_per_s=0.005, now=t).allowed
+    assert store.take("n:empty", "q", 0, capacity=10, refill_per_s=1, now=t).allowed
+    assert bucket_exists(store, "n:short", "q")
+    assert bucket_exists(store, "n:long", "q")
+    time.sleep(0.25)  # Redis expires keys in its own clock
+    removed = store.expire_rate_state(now=t + 1, seen_ttl=100)
+    assert removed == (0 if store.name.startswith("redis") else 2)  # Redis: by itself
+    assert not bucket_exists(store, "n:short", "q")
+    assert not bucket_exists(store, "n:empty", "q")
+    assert bucket_exists(store, "n:long", "q")
+    # a dropped bucket is a full one again; the kept one still remembers its level
+    assert store.take("n:short", "q", 10, capacity=10, refill_per_s=100, now=t + 1).allowed
+    assert not store.take("n:long", "q", 10, capacity=10, refill_per_s=0.005, now=t + 1).allowed
+    assert store.expire_rate_state(now=t + 2_000, seen_ttl=100) in (0, 2)
+    assert not bucket_exists(store, "n:long", "q") or store.name.startswith("redis")
+    if store.name.startswith("redis"):
+        # the key's own expiry is the drain time: (5 - 0.005) / 0.005 s from the last take
+        pttl = store._r.pttl(store._rkey("n:long") + ":b:q")  # type: ignore[attr-defined]
+        assert 990_000 <= pttl <= 999_000
 
 
-def test_filter_delta_tracks_everyone_membership(store: BaseStore) -> None:
-    store.put_users([user(1), user(2), user(3, disc=CONTACTS)])
-    store.put_filter(1, "k1", b"f1", now=1.0)
-    store.put_users([user(4), user(5, disc=NOBODY)])  # 4 joins the filter, 5 does not
-    store.set_discoverability({"u0000002": NOBODY, "u0000003": EVERYONE}, now=2.0)
-    store.put_filter(2, "k1", b"f2", now=2.0)
-    d = store.filter_delta(1, 2)
-    assert d is not None
-    assert (d.since, d.until) == (1, 2)
-    assert sorted(d.added) == sorted([token(4), token(3)])
-    assert d.removed == [fingerprint(token(2))]
-    # the default target is the latest version; nothing changed since 2
-    empty = store.filter_delta(2)
-    assert empty is not None
-    assert (empty.added, empty.removed, empty.until) == ([], [], 2)
-    assert store.filter_delta(1, 9) is None
-    assert store.filter_delta(7) is None
+def test_a_denied_take_keeps_the_expiry(store: BaseStore) -> None:
+    assert store.take("n:1", "q", 10, capacity=10, refill_per_s=1, now=100.0).allowed
+    assert not store.take("n:1", "q", 5, capacity=10, refill_per_s=1, now=100.0).allowed
+    assert store.expire_rate_state(now=109.0, seen_ttl=100) == 0
+    assert bucket_exists(store, "n:1", "q")
+    assert not store.take("n:1", "q", 5, capacity=10, refill_per_s=1, now=104.0).allowed
 
 
-def test_filter_delta_after_delete_holds_only_a_fingerprint(store: BaseStore) -> None:
-    store.put_filter(1, "k1", b"f1", now=1.0)
-    store.put_users([user(1), user(2)])
-    store.put_filter(2, "k1", b"f2", now=2.0)
-    store.delete_account("u0000001")
-    store.put_filter(3, "k1", b"f3", now=3.0)
-    d13 = store.filter_delta(1)
-    assert d13 is not None
-    assert d13.added == [token(2)]  # the erased user's token is gone from the log
-    d23 = store.filter_delta(2)
-    assert d23 is not None
-    assert (d23.added, d23.removed) == ([], [fingerprint(token(1))])
+def bucket_exists(store: BaseStore, subj: str, quota: str) -> bool:
+    """Whether the store still holds a bucket row or key (internals, per adapter)."""
+    raw: Any = store
+    if store.name == "memory":
+        return (subj, quota) in raw._buckets
+    if store.name == "sqlite":
+        q = "SELECT 1 FROM buckets WHERE subject = ? AND quota = ?"
+        return raw._conn.execute(q, (subj, quota)).fetchone() is not None
+    if store.name == "postgresql":
+        return _pg_one(
+            store, "SELECT 1 FROM buckets WHERE subject = %s AND quota = %s", subj, quota
+        )
+    return bool(raw._r.exists(raw._rkey(subj) + ":b:" + quota))
 
 
-def test_filter_delta_token_change_and_return(store: BaseStore) -> None:
-    store.put_users([user(1)])
-    store.put_filter(1, "k1", b"f1", now=1.0)
-    store.set_discoverability({"u0000001": NOBODY}, now=2.0)
-    store.set_discoverability({"u0000001": EVERYONE}, now=3.0)
-    store.put_users([replace(user(2, salt="x"), user_id="u0000002")])
-    store.put_filter(2, "k1", b"f2", now=4.0)
-    d = store.filter_delta(1)
-    assert d is not None
-    assert sorted(d.added) == sorted([token(1), token(2, "x")])
-    assert d.removed == []
+def seen_exists(store: BaseStore, subj: str) -> bool:
+    """Whether the store holds any seen entry (or index entry) for ``subj``."""
+    raw: Any = store
+    if store.name == "memory":
+        return subj in raw._seen
+    if store.name == "sqlite":
+        q = "SELECT 1 FROM seen WHERE subject = ?"
+        return raw._conn.execute(q, (subj,)).fetchone() is not None
+    if store.name == "postgresql":
+        return _pg_one(store, "SELECT 1 FROM seen WHERE subject = %s", subj)
+    return bool(raw._r.exists(raw._rkey(subj) + ":s")) or (
+        raw._r.zscore(raw._g + ":seen", subj) is not None
+    )
 
 
-def test_compact_filters(store: BaseStore) -> None:
-    store.put_users([user(1)])
-    store.put_filter(1, "k1", b"f1", now=1.0)
-    store.put_users([user(2)])
-    store.put_filter(2, "k1", b"f2", now=2.0)
-    store.put_users([user(3)])
-    store.put_filter(3, "k1", b"f3", now=3.0)
-    store.compact_filters(2)
-    assert store.get_filter(1) is None
-    assert store.filter_delta(1) is None
-    d = store.filter_delta(2)
-    assert d is not None
-    assert d.added == [token(3)]
-    store.compact_filters(99)  # unknown version: nothing happens
-    assert store.get_filter(2) is not None
+def _pg_one(store: BaseStore, query: str, *args: str) -> bool:
+    import psycopg
+
+    schema = store.schema  # type: ignore[attr-defined]
+    with psycopg.connect(PG_BASE, options=f"-c search_path={schema}") as conn:
+        return conn.execute(query, args).fetchone() is not None
 
 
 # stats and checkpoints --------------------------------------------------------------------
@@ -347,10 +403,19 @@ def test_reprs_hide_tokens_and_ciphertexts(store: BaseStore) -> None:
     u = user(1)
     store.put_users([u])
     rec = store.lookup_tokens([u.token])[0]
-    for text in (repr(rec), repr(u), str(store.filter_delta(1))):
+    rk = Rekey(
+        user_id=u.user_id,
+        old_token=u.token,
+        new_token=u.token,
+        key_id="k1",
+        number_ct=u.number_ct,
+        wrapped_key=u.wrapped_key,
+    )
+    for text in (repr(rec), repr(u), str(rec), repr(rk)):
         assert u.token.hex() not in text
         assert repr(u.token) not in text
         assert repr(u.number_ct) not in text
+        assert repr(u.wrapped_key) not in text
 
 
 # large batches ----------------------------------------------------------------------------
@@ -370,9 +435,10 @@ def test_large_batch(store: BaseStore) -> None:
     # a second large batch that mixes updates and inserts takes the upsert path
     store.put_users([user(i, disc=NOBODY) for i in range(n - 100, n + 100)])
     assert store.count_users() == n + 100
-    store.put_filter(1, "k1", b"f", now=1.0)
-    d = store.filter_delta(1)
-    assert d is not None
+    got_keys = store.get_users([f"u{i:07d}" for i in range(n - 150, n + 100, 50)])
+    assert [g.wrapped_key if g else None for g in got_keys] == [
+        user(i).wrapped_key for i in range(n - 150, n + 100, 50)
+    ]
     store.replace_contacts("u0000000", [token(i, "c") for i in range(5_000)], "k1")
     assert store.contact_owners([token(4_999, "c")]) == [["u0000000"]]
 
@@ -393,6 +459,9 @@ BAD_CALLS = {
     "record with str token": lambda s: s.put_users([replace(GOOD, token="t" * 32)]),
     "ciphertext oversize": lambda s: s.put_users([replace(GOOD, number_ct=b"c" * 513)]),
     "ciphertext empty": lambda s: s.put_users([replace(GOOD, number_ct=b"")]),
+    "wrapped key empty": lambda s: s.put_users([replace(GOOD, wrapped_key=b"")]),
+    "wrapped key oversize": lambda s: s.put_users([replace(GOOD, wrapped_key=b"w" * 257)]),
+    "wrapped key str": lambda s: s.put_users([replace(GOOD, wrapped_key="w")]),
     "bad key id": lambda s: s.put_users([replace(GOOD, key_id="k 1")]),
     "bad discoverability": lambda s: s.put_users([replace(GOOD, discoverability="friends")]),
     "nan timestamp": lambda s: s.put_users([replace(GOOD, created_at=math.nan)]),
@@ -401,16 +470,38 @@ BAD_CALLS = {
     "duplicate token in batch": lambda s: s.put_users([GOOD, replace(GOOD, user_id="other")]),
     "changes not a mapping": lambda s: s.set_discoverability([("u1", "nobody")], now=1.0),
     "rekey not a Rekey": lambda s: s.rekey_users([GOOD], now=1.0),
+    "rekey number without key": lambda s: s.rekey_users(
+        [Rekey(user_id="u1", old_token=b"a" * 32, new_token=b"b" * 32, key_id="k", number_ct=b"c")],
+        now=1.0,
+    ),
+    "rekey key without number": lambda s: s.rekey_users(
+        [
+            Rekey(
+                user_id="u1", old_token=b"a" * 32, new_token=b"b" * 32, key_id="k", wrapped_key=b"w"
+            )
+        ],
+        now=1.0,
+    ),
     "scan limit zero": lambda s: s.scan_users(None, 0),
     "scan limit bool": lambda s: s.scan_users(None, True),
     "take negative cost": lambda s: s.take("u1", "q", -1, capacity=1, refill_per_s=1, now=1.0),
     "take zero capacity": lambda s: s.take("u1", "q", 1, capacity=0, refill_per_s=1, now=1.0),
     "take bad quota": lambda s: s.take("u1", "q q", 1, capacity=1, refill_per_s=1, now=1.0),
-    "seen fp too short": lambda s: s.add_seen("u1", [b"abc"]),
-    "unseen fp str": lambda s: s.count_unseen("u1", ["abcdefgh"]),
-    "filter version zero": lambda s: s.put_filter(0, "k1", b"x", now=1.0),
-    "filter blob str": lambda s: s.put_filter(1, "k1", "x", now=1.0),
-    "delta until before since": lambda s: s.filter_delta(5, 4),
+    "take subject with brace": lambda s: s.take(
+        "n:{x}", "q", 1, capacity=1, refill_per_s=1, now=1.0
+    ),
+    "take subject empty": lambda s: s.take("", "q", 1, capacity=1, refill_per_s=1, now=1.0),
+    "take subject too long": lambda s: s.take(
+        "n:" + "a" * 63, "q", 1, capacity=1, refill_per_s=1, now=1.0
+    ),
+    "seen fp too short": lambda s: s.add_seen("n:1", [b"abc"], now=1.0),
+    "seen subject leading colon": lambda s: s.add_seen(":n", [b"abcdefgh"], now=1.0),
+    "seen now negative": lambda s: s.add_seen("n:1", [b"abcdefgh"], now=-1.0),
+    "unseen fp str": lambda s: s.count_unseen("n:1", ["abcdefgh"], now=1.0, ttl=1.0),
+    "unseen ttl nan": lambda s: s.count_unseen("n:1", [b"abcdefgh"], now=1.0, ttl=math.nan),
+    "reset subject with space": lambda s: s.reset_seen("n 1"),
+    "expire ttl negative": lambda s: s.expire_rate_state(1.0, -1.0),
+    "expire now inf": lambda s: s.expire_rate_state(math.inf, 1.0),
     "stat value float": lambda s: s.incr_stats({"x": 1.5}),
     "stat name with space": lambda s: s.incr_stats({"a b": 1}),
     "checkpoint value oversize": lambda s: s.set_checkpoint("c", "x" * 1025),

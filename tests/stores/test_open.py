@@ -161,6 +161,7 @@ def test_postgres_conflict_does_not_chain_the_token() -> None:
                 token=user(1).token,
                 key_id="k1",
                 number_ct=b"x",
+                wrapped_key=b"w",
                 created_at=1.0,
                 updated_at=1.0,
             )

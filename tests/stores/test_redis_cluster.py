@@ -17,7 +17,7 @@ from contactmatch.errors import StoreError, StoreUnavailable
 from contactmatch.stores import ADAPTERS, Discoverability, Rekey, open_store
 from contactmatch.stores.redis import RedisClusterStore, RedisStore
 from tests.services import REDIS_CLUSTER_PORTS, REDIS_HOST, drop_redis_prefix
-from tests.stores._helpers import token, user
+from tests.stores._helpers import subject, token, user
 
 pytestmark = pytest.mark.redis_cluster
 
@@ -86,12 +86,18 @@ def test_one_users_keys_share_one_slot(cstore: RedisClusterStore, client: Any, p
     cstore.put_users([user(i) for i in range(50)])
     uid = "u0000007"
     cstore.replace_contacts(uid, [token(100), token(101)], "k1")
-    cstore.take(uid, "lookup", 1, capacity=5, refill_per_s=1, now=1.0)
-    cstore.add_seen(uid, [b"fp-00001"])
     mine = [k for k in _keys(client, prefix) if k.startswith(b"{" + f"{prefix}:u:{uid}".encode())]
-    assert len(mine) == 4  # hash, uploads, rate buckets, seen set
+    assert len(mine) == 3  # hash, wrapped key, uploads
     slots = {client.keyslot(k) for k in mine}
     assert slots == {client.keyslot(f"{prefix}:u:{uid}")}
+    # a rate subject's buckets and seen set share a slot of their own
+    subj = subject(7)
+    cstore.take(subj, "lookup", 1, capacity=5, refill_per_s=1e-3, now=1.0)
+    cstore.take(subj, "eval", 1, capacity=5, refill_per_s=1e-3, now=1.0)
+    cstore.add_seen(subj, [b"fp-00001"], now=1.0)
+    rate = [k for k in _keys(client, prefix) if k.startswith(b"{" + f"{prefix}:r:{subj}".encode())]
+    assert len(rate) == 3  # two buckets, one seen set
+    assert {client.keyslot(k) for k in rate} == {client.keyslot(f"{prefix}:r:{subj}")}
     # the service-wide keys share one slot too, and the users spread over the cluster
     glob = [k for k in _keys(client, prefix) if k.startswith(b"{" + f"{prefix}:g}}".encode())]
     assert len({client.keyslot(k) for k in glob}) == 1
@@ -108,11 +114,21 @@ def test_workload_never_crosses_slots(cstore: RedisClusterStore, client: Any) ->
     s.put_users([user(i, disc=Discoverability.CONTACTS) for i in range(250, 350)])
     assert s.lookup_tokens([token(5), token(999)])[1] is None
     s.set_discoverability({"u0000001": Discoverability.NOBODY}, now=2.0)
-    s.put_filter(1, "k1", b"f1", now=2.0)
     s.rekey_users(
         [
             Rekey(user_id=f"u{i:07d}", old_token=token(i), new_token=token(i, "k2"), key_id="k2")
             for i in range(0, 100, 3)
+        ]
+        + [
+            Rekey(
+                user_id=f"u{i:07d}",
+                old_token=token(i),
+                new_token=token(i, "k2"),
+                key_id="k2",
+                number_ct=b"ct",
+                wrapped_key=b"wk",
+            )
+            for i in range(1, 100, 3)
         ],
         now=3.0,
     )
@@ -120,16 +136,13 @@ def test_workload_never_crosses_slots(cstore: RedisClusterStore, client: Any) ->
     s.replace_contacts("u0000003", [token(i, "c") for i in range(20, 60)], "k2")
     assert s.contact_owners([token(30, "c")]) == [["u0000002", "u0000003"]]
     assert s.purge_contacts("k2") == 40
-    s.take("u0000004", "lookup", 1, capacity=5, refill_per_s=1, now=1.0)
-    s.count_unseen("u0000004", [b"fp-00001"])
-    s.add_seen("u0000004", [b"fp-00001"])
-    s.reset_seen("u0000004")
+    s.take(subject(4), "lookup", 1, capacity=5, refill_per_s=1, now=1.0)
+    s.count_unseen(subject(4), [b"fp-00001"], now=1.0, ttl=10)
+    s.add_seen(subject(4), [b"fp-00001"], now=1.0)
+    s.add_seen(subject(5), [b"fp-00001", b"fp-00002"], now=1.0)
+    s.reset_seen(subject(4))
+    assert s.expire_rate_state(now=100.0, seen_ttl=10) == 2
     s.delete_account("u0000006")
-    s.put_filter(2, "k1", b"f2", now=4.0)
-    d = s.filter_delta(1)
-    assert d is not None
-    assert d.removed
-    s.compact_filters(2)
     s.incr_stats({"lookups": 1, "registrations": 2})
     assert s.get_stats() == {"lookups": 1, "registrations": 2}
     s.set_checkpoint("rotate:k2", "u0000099")
@@ -161,11 +174,10 @@ def _crash_before(monkeypatch: pytest.MonkeyPatch, store: RedisClusterStore, mar
 def test_crash_before_the_user_hash_leaves_an_unreadable_claim(
     cstore: RedisClusterStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    cstore.put_filter(1, "k1", b"f1", now=1.0)
     _crash_before(monkeypatch, cstore, "HMGET', KEYS[1], 'tok', 'disc', 'cat'")
     with pytest.raises(StoreError):
         cstore.put_users([user(1)])
-    # claimed and logged, but no hash: reads see no user
+    # claimed and listed, but no hash (nor wrapped key): reads see no user
     assert cstore.lookup_tokens([token(1)]) == [None]
     assert cstore.get_users(["u0000001"]) == [None]
     # another user may take over the orphaned claim ...
@@ -176,10 +188,7 @@ def test_crash_before_the_user_hash_leaves_an_unreadable_claim(
     # ... and the original call, repeated, converges
     cstore.put_users([user(1)])
     assert cstore.lookup_tokens([token(1)]) == [user(1)]
-    cstore.put_filter(2, "k1", b"f2", now=2.0)
-    d = cstore.filter_delta(1)
-    assert d is not None
-    assert d.added == [token(1)]
+    assert cstore.scan_users(None, 10) == [user(1)]
 
 
 def test_crash_before_releasing_the_old_token(
@@ -202,7 +211,7 @@ def test_crash_during_delete_is_finished_by_a_retry(
 ) -> None:
     cstore.put_users([user(1), user(2)])
     cstore.replace_contacts("u0000001", [token(50)], "k1")
-    cstore.add_seen("u0000001", [b"fp-00001"])
+    cstore.add_seen(subject(1), [b"fp-00001"], now=1.0)
 
     def die(*_keys: object) -> None:
         raise Crash
@@ -211,7 +220,7 @@ def test_crash_during_delete_is_finished_by_a_retry(
     with pytest.raises(StoreError):
         cstore.delete_account("u0000001")
     monkeypatch.undo()
-    # half-erased: unfindable by token and gone from the log, but the hash is still there ...
+    # half-erased: unfindable by token and gone from the id index, but the hash is still there
     assert cstore.lookup_tokens([token(1)]) == [None]
     assert cstore.contact_owners([token(50)]) == [[]]
     assert cstore.scan_users(None, 10) == [user(2)]
@@ -232,6 +241,8 @@ def test_crash_during_delete_is_finished_by_a_retry(
     assert b"u0000001" not in everything
     assert token(1) not in everything
     assert token(1).hex().encode() not in everything
+    assert user(1).wrapped_key not in everything
+    assert user(1).number_ct not in everything
     assert cstore.count_users() == 1
 
 

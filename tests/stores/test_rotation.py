@@ -25,21 +25,23 @@ def number(i: int) -> str:
     return f"+98912{i:07d}"
 
 
-def register(store: BaseStore, dk: DataKey, ids: range, key: bytes = b"old") -> None:
-    store.put_users(
-        [
-            UserRecord(
-                user_id=f"user{i:05d}",
-                token=tok(key, number(i)),
-                key_id="k1",
-                number_ct=dk.encrypt(number(i), f"user{i:05d}"),
-                discoverability=Discoverability.EVERYONE,
-                created_at=1.0,
-                updated_at=1.0,
-            )
-            for i in ids
-        ]
+def record(dk: DataKey, i: int, key: bytes = b"old", now: float = 1.0) -> UserRecord:
+    uid, t = f"user{i:05d}", tok(key, number(i))
+    ct, wk = dk.seal_number(number(i), uid, t)
+    return UserRecord(
+        user_id=uid,
+        token=t,
+        key_id="k1",
+        number_ct=ct,
+        wrapped_key=wk,
+        discoverability=Discoverability.EVERYONE,
+        created_at=now,
+        updated_at=now,
     )
+
+
+def register(store: BaseStore, dk: DataKey, ids: range, key: bytes = b"old") -> None:
+    store.put_users([record(dk, i, key) for i in ids])
 
 
 class Counting:
@@ -64,8 +66,11 @@ def check_rotated(store: BaseStore, dk: DataKey) -> None:
     for r in recs:
         i = int(r.user_id[4:])
         assert (r.token, r.key_id) == (tok(b"new", number(i)), "k2")
-        assert not dk.needs_reencrypt(r.number_ct)
-        assert dk.decrypt(r.number_ct, r.user_id) == number(i)
+        assert not dk.needs_rewrap(r.wrapped_key)
+        # re-sealed for the new token: the old token no longer opens it
+        assert dk.open_number(r.number_ct, r.wrapped_key, r.user_id, r.token) == number(i)
+        with pytest.raises(VerificationFailed):
+            dk.open_number(r.number_ct, r.wrapped_key, r.user_id, tok(b"old", number(i)))
 
 
 def test_rotate_rekeys_everyone(store: BaseStore) -> None:
@@ -109,18 +114,7 @@ def test_rotate_catches_users_who_changed_meanwhile(store: BaseStore) -> None:
     def meddling(numbers: Sequence[str]) -> list[bytes]:
         if fn.calls == 0:
             # user00000 re-registers under the old key while their batch is in flight
-            store.put_users(
-                [
-                    UserRecord(
-                        user_id="user00000",
-                        token=tok(b"old-again", number(0)),
-                        key_id="k1",
-                        number_ct=dk.encrypt(number(0), "user00000"),
-                        created_at=2.0,
-                        updated_at=2.0,
-                    )
-                ]
-            )
+            store.put_users([record(dk, 0, b"old-again", now=2.0)])
         return fn(numbers)
 
     report = rotate(store, dk, meddling, "k2", batch_size=100, progress=False)
@@ -151,3 +145,29 @@ def test_rotate_url_with_progress_bar(tmp_path: Path) -> None:
     assert report.rekeyed == N
     with open_store(url) as s:
         check_rotated(s, dk)
+
+
+def test_data_key_rotation_alone_rewraps_every_user(store: BaseStore) -> None:
+    # Same OPRF key (tokens unchanged), new data key: every user gets a fresh user key
+    # wrapped by the new primary, after which the old data key can be retired.
+    dk1 = DataKey.generate("dk1")
+    register(store, dk1, range(40))
+    before = {r.user_id: r for r in store.scan_users(None, 100)}
+    dk2 = dk1.rotated("dk2")
+
+    def same_tokens(numbers: Sequence[str]) -> list[bytes]:
+        return [tok(b"old", n) for n in numbers]
+
+    report = rotate(store, dk2, same_tokens, "k1", batch_size=16, progress=False)
+    assert report.rekeyed == 40
+    only_dk2 = dk2.retired("dk1")
+    for r in store.scan_users(None, 100):
+        old = before[r.user_id]
+        assert r.token == old.token
+        assert r.wrapped_key != old.wrapped_key
+        assert r.number_ct != old.number_ct
+        assert only_dk2.open_number(r.number_ct, r.wrapped_key, r.user_id, r.token) == number(
+            int(r.user_id[4:])
+        )
+        assert store.lookup_tokens([r.token]) == [r]
+    assert rotate(store, dk2, same_tokens, "k1", progress=False).rekeyed == 0

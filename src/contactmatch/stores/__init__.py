@@ -19,26 +19,20 @@ from contactmatch.errors import InvalidInput, MissingDependency
 from contactmatch.stores.base import (
     BaseStore,
     Discoverability,
-    FilterDelta,
-    FilterVersion,
     RegistryStore,
     Rekey,
     TakeResult,
     UserRecord,
-    fingerprint,
 )
 
 __all__ = [
     "DEFAULT_URL",
     "BaseStore",
     "Discoverability",
-    "FilterDelta",
-    "FilterVersion",
     "RegistryStore",
     "Rekey",
     "TakeResult",
     "UserRecord",
-    "fingerprint",
     "open_store",
 ]
 

@@ -3,6 +3,13 @@
 Every adapter subclasses :class:`BaseStore`: the public methods here validate input, skip empty
 batches and map driver exceptions to :mod:`contactmatch.errors`; the adapter implements only the
 private ``_method`` that does the driver work, on input that is already clean.
+
+Two kinds of state live in a store. *Account state* (registration, encrypted number, wrapped
+per-user key, uploaded contacts) is keyed by user id and erased by ``delete_account``. *Rate
+state* (leaky buckets, seen sets) is keyed by a rate *subject* such as ``n:<keyed hash of the
+number>`` or ``g:eval``, outlives the account on purpose (a number that re-registers inherits
+its quotas) and expires on its own: a bucket once it has drained, a seen entry ``ttl`` seconds
+after it was last added (``expire_rate_state``).
 """
 
 from __future__ import annotations
@@ -18,24 +25,20 @@ from typing import Any, NamedTuple, Protocol, Self, runtime_checkable
 from contactmatch.errors import ContactMatchError, InvalidInput, StoreError, UnknownUser
 
 __all__ = [
-    "MAX_BLOB",
     "MAX_CIPHERTEXT",
+    "MAX_WRAPPED_KEY",
     "BaseStore",
     "Discoverability",
-    "FilterDelta",
-    "FilterVersion",
     "RegistryStore",
     "Rekey",
     "TakeResult",
     "UserRecord",
-    "fingerprint",
 ]
 
 TOKEN_MIN, TOKEN_MAX = 32, 64
 FP_MIN, FP_MAX = 4, 64
 MAX_CIPHERTEXT = 512
-MAX_BLOB = 256 * 1024 * 1024
-FINGERPRINT_LEN = 8
+MAX_WRAPPED_KEY = 256
 _USER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _KEY_ID = re.compile(r"[A-Za-z0-9._-]{1,32}")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
@@ -58,7 +61,11 @@ DISC_NAMES = {v: k for k, v in DISC_CODES.items()}
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class UserRecord:
-    """One registration: the token under a key id, the encrypted number, the setting, times.
+    """One registration: token under a key id, encrypted number, wrapped user key, setting, times.
+
+    ``number_ct`` and ``wrapped_key`` come from :meth:`contactmatch.atrest.DataKey.seal_number`
+    for this very user id and token. Stores keep ``wrapped_key`` apart from the user's row (its
+    own table or key), written in the same transaction and deleted with the account.
 
     Validated on construction (like attrs validators), so a record that exists is a valid
     one and bulk loads need not re-check a million of them.
@@ -71,17 +78,21 @@ class UserRecord:
     token: bytes
     key_id: str
     number_ct: bytes
+    wrapped_key: bytes
     discoverability: Discoverability = Discoverability.EVERYONE
     created_at: float
     updated_at: float
 
     def __post_init__(self) -> None:
-        tok, ct, cat, uat = self.token, self.number_ct, self.created_at, self.updated_at
+        tok, ct, wk = self.token, self.number_ct, self.wrapped_key
+        cat, uat = self.created_at, self.updated_at
         if (
             type(tok) is bytes
             and TOKEN_MIN <= len(tok) <= TOKEN_MAX
             and type(ct) is bytes
             and 1 <= len(ct) <= MAX_CIPHERTEXT
+            and type(wk) is bytes
+            and 1 <= len(wk) <= MAX_WRAPPED_KEY
             and type(self.discoverability) is Discoverability
             and type(cat) is float
             and type(uat) is float
@@ -100,6 +111,7 @@ class UserRecord:
         set_(self, "token", check_token(tok))
         set_(self, "key_id", check_key_id(self.key_id))
         set_(self, "number_ct", check_bytes(ct, "encrypted number", 1, MAX_CIPHERTEXT))
+        set_(self, "wrapped_key", check_bytes(wk, "wrapped key", 1, MAX_WRAPPED_KEY))
         set_(self, "discoverability", check_discoverability(self.discoverability))
         set_(self, "created_at", check_time(cat, "created_at"))
         set_(self, "updated_at", check_time(uat, "updated_at"))
@@ -114,50 +126,22 @@ class UserRecord:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Rekey:
-    """A token replacement for key rotation; applied only if the user still has ``old_token``."""
+    """A token replacement for key rotation; applied only if the user still has ``old_token``.
+
+    The number ciphertext is bound to the token, so a new token needs a new seal: pass both
+    ``number_ct`` and ``wrapped_key`` (from ``DataKey.seal_number(number, user_id, new_token)``),
+    or neither to keep the stored ones (only right when the token does not change).
+    """
 
     user_id: str
     old_token: bytes
     new_token: bytes
     key_id: str
     number_ct: bytes | None = None
+    wrapped_key: bytes | None = None
 
     def __repr__(self) -> str:
         return f"Rekey(user_id={self.user_id!r}, key_id={self.key_id!r})"
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class FilterVersion:
-    """A published filter: an opaque blob, the OPRF key id it was built under, its log position."""
-
-    version: int
-    key_id: str
-    blob: bytes
-    log_seq: int
-    created_at: float
-
-    def __repr__(self) -> str:
-        return f"FilterVersion(version={self.version}, key_id={self.key_id!r})"
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class FilterDelta:
-    """Net membership change between two filter versions: add ``added``, drop ``removed``.
-
-    ``removed`` holds fingerprints (:func:`fingerprint`) only, so that a deleted account's token
-    is not kept in the log; clients apply ``removed`` first, then ``added``.
-    """
-
-    since: int
-    until: int
-    added: list[bytes]
-    removed: list[bytes]
-
-    def __repr__(self) -> str:
-        return (
-            f"FilterDelta(since={self.since}, until={self.until}, "
-            f"added={len(self.added)}, removed={len(self.removed)})"
-        )
 
 
 class TakeResult(NamedTuple):
@@ -165,15 +149,6 @@ class TakeResult(NamedTuple):
 
     allowed: bool
     retry_after: float
-
-
-def fingerprint(token: bytes) -> bytes:
-    """The 64-bit fingerprint a filter delta uses to name a removed token.
-
-    Tokens are pseudo-random function outputs, so their first eight bytes are already a uniform
-    64-bit fingerprint; hashing again would add cost and nothing else.
-    """
-    return bytes(token[:FINGERPRINT_LEN])
 
 
 def leak(level: float, updated: float, now: float, refill_per_s: float) -> float:
@@ -191,6 +166,14 @@ def take_decision(
     if cost > capacity:
         return False, math.inf, level
     return False, (new_level - capacity) / refill_per_s, level
+
+
+def drain_time(level: float, updated: float, refill_per_s: float) -> float:
+    """When a bucket at ``level`` (as of ``updated``) is empty again: the time its row may go.
+
+    ``inf`` when it never drains within a float's range (a tiny refill rate).
+    """
+    return updated + level / refill_per_s
 
 
 @runtime_checkable
@@ -219,7 +202,7 @@ class RegistryStore(Protocol):
         """Number of registrations."""
 
     def delete_account(self, user_id: str) -> None:
-        """Erase a user: registration, number, uploads, rate state, filter membership."""
+        """Erase a user: registration, number, wrapped user key, uploads (not rate state)."""
 
     def replace_contacts(self, owner_id: str, tokens: Sequence[bytes], key_id: str) -> None:
         """Replace the contact tokens ``owner_id`` uploaded (opt-in) with ``tokens``."""
@@ -242,26 +225,19 @@ class RegistryStore(Protocol):
     ) -> TakeResult:
         """Atomically add ``cost`` to a leaky bucket that drains at ``refill_per_s``."""
 
-    def count_unseen(self, subject: str, fingerprints: Sequence[bytes]) -> int:
-        """How many (distinct) fingerprints are not yet in ``subject``'s seen set."""
+    def count_unseen(
+        self, subject: str, fingerprints: Sequence[bytes], *, now: float, ttl: float
+    ) -> int:
+        """How many (distinct) fingerprints are not in ``subject``'s seen set, or older than ttl."""
 
-    def add_seen(self, subject: str, fingerprints: Sequence[bytes]) -> int:
-        """Add fingerprints to ``subject``'s seen set; returns how many were new."""
+    def add_seen(self, subject: str, fingerprints: Sequence[bytes], *, now: float) -> int:
+        """Add fingerprints (or refresh their time) in ``subject``'s seen set; how many were new."""
 
     def reset_seen(self, subject: str) -> None:
         """Forget ``subject``'s seen set (a new quota window)."""
 
-    def put_filter(self, version: int, key_id: str, blob: bytes, now: float) -> FilterVersion:
-        """Publish a filter version at the current membership log position."""
-
-    def get_filter(self, version: int | None = None) -> FilterVersion | None:
-        """A filter version, or the latest one when ``version`` is None."""
-
-    def filter_delta(self, since: int, until: int | None = None) -> FilterDelta | None:
-        """Net membership change from version ``since`` to ``until`` (latest when None)."""
-
-    def compact_filters(self, keep_from: int) -> None:
-        """Drop filter versions below ``keep_from`` and the log entries only they needed."""
+    def expire_rate_state(self, now: float, seen_ttl: float) -> int:
+        """Drop drained buckets and seen entries older than ``seen_ttl``; how many went."""
 
     def incr_stats(self, deltas: Mapping[str, int]) -> None:
         """Add to aggregate counters (names only, never identifiers)."""
@@ -313,6 +289,14 @@ def check_name(value: object, what: str) -> str:
     if not _NAME.fullmatch(value):
         raise InvalidInput(f"malformed {what} (length {len(value)})")
     return value
+
+
+def check_subject(value: object) -> str:
+    """A rate subject: 1-64 of ``[A-Za-z0-9._:-]``, e.g. ``n:<32 hex>`` or ``g:eval``.
+
+    User ids cannot contain ``:``, so namespaced subjects never collide with one.
+    """
+    return check_name(value, "rate subject")
 
 
 def check_bytes(value: object, what: str, lo: int, hi: int) -> bytes:
@@ -501,7 +485,9 @@ class BaseStore:
         for u in check_sequence(updates, "updates"):
             if not isinstance(u, Rekey):
                 raise InvalidInput(f"expected Rekey, not {type(u).__name__}")
-            ct = u.number_ct
+            ct, wk = u.number_ct, u.wrapped_key
+            if (ct is None) != (wk is None):
+                raise InvalidInput("a rekey replaces the encrypted number and wrapped key together")
             clean.append(
                 Rekey(
                     user_id=check_user_id(u.user_id),
@@ -511,6 +497,9 @@ class BaseStore:
                     number_ct=None
                     if ct is None
                     else check_bytes(ct, "encrypted number", 1, MAX_CIPHERTEXT),
+                    wrapped_key=None
+                    if wk is None
+                    else check_bytes(wk, "wrapped key", 1, MAX_WRAPPED_KEY),
                 )
             )
         no_duplicates([u.user_id for u in clean], "user id")
@@ -541,9 +530,10 @@ class BaseStore:
     def delete_account(self, user_id: str) -> None:
         """Erase a user in one transaction; see ``docs/storage.md`` (Erasure).
 
-        Removes the registration, encrypted number, uploaded contact tokens, rate-limit state
-        and seen set, and filter membership: the log gains a removal by fingerprint and loses
-        the entries that carried the user's token.
+        Removes the registration, the encrypted number, the wrapped per-user key (after which
+        any leftover copy of the ciphertext is undecryptable) and the uploaded contact tokens.
+        Rate state is not account state: it is keyed by subject, survives the account so that
+        a re-registered number inherits its quotas, and expires on its own.
 
         Raises:
             UnknownUser: no such user.
@@ -601,12 +591,17 @@ class BaseStore:
         """Atomically add ``cost`` to ``subject``'s bucket for ``quota`` if it fits.
 
         The bucket drains at ``refill_per_s``; a take that would overflow ``capacity`` changes
-        nothing and reports how long until it would fit (``inf`` if it never can).
+        nothing and reports how long until it would fit (``inf`` if it never can). A bucket
+        that has drained is indistinguishable from one never used, so stores drop it then
+        (Redis by a key expiry set here, the others in :meth:`expire_rate_state`).
+
+        Args:
+            subject: a rate subject (:func:`check_subject`), not necessarily a user id.
 
         Returns:
             :class:`TakeResult` (allowed, retry_after seconds).
         """
-        subj = check_user_id(subject)
+        subj = check_subject(subject)
         q = check_name(quota, "quota")
         c = check_time(cost, "cost")
         cap = check_time(capacity, "capacity")
@@ -617,83 +612,82 @@ class BaseStore:
         with self._mapped("take"):
             return self._take(subj, q, c, capacity=cap, refill=r, now=t)
 
-    def count_unseen(self, subject: str, fingerprints: Sequence[bytes]) -> int:
+    def count_unseen(
+        self, subject: str, fingerprints: Sequence[bytes], *, now: float, ttl: float
+    ) -> int:
         """Count fingerprints new to ``subject`` without remembering them.
 
-        Lets a rate limiter charge first and remember only after the charge succeeded.
+        Lets a rate limiter charge first and remember only after the charge succeeded. An
+        entry last added ``ttl`` seconds or more before ``now`` has expired and counts as new,
+        whether or not :meth:`expire_rate_state` has removed it yet.
 
         Returns:
-            How many distinct fingerprints are not in the seen set.
+            How many distinct fingerprints are absent from the seen set or expired.
         """
-        subj = check_user_id(subject)
+        subj = check_subject(subject)
         fps = _fingerprints(fingerprints)
+        t = check_time(now, "now")
+        life = check_time(ttl, "ttl")
         if not fps:
             return 0
         with self._mapped("count_unseen"):
-            return self._count_unseen(subj, fps)
+            return self._count_unseen(subj, fps, t - life)
 
-    def add_seen(self, subject: str, fingerprints: Sequence[bytes]) -> int:
-        """Add fingerprints to ``subject``'s seen set.
+    def add_seen(self, subject: str, fingerprints: Sequence[bytes], *, now: float) -> int:
+        """Add fingerprints to ``subject``'s seen set, stamped ``now`` (re-adding refreshes).
 
         Returns:
-            How many of them were not in the set before (duplicates in the batch count once).
+            How many of them were not in the set before (duplicates in the batch count once;
+            an expired entry not yet removed by :meth:`expire_rate_state` counts as present).
         """
-        subj = check_user_id(subject)
+        subj = check_subject(subject)
         fps = _fingerprints(fingerprints)
+        t = check_time(now, "now")
         if not fps:
             return 0
         with self._mapped("add_seen"):
-            return self._add_seen(subj, fps)
+            return self._add_seen(subj, fps, t)
 
     def reset_seen(self, subject: str) -> None:
         """Forget ``subject``'s seen set."""
-        subj = check_user_id(subject)
+        subj = check_subject(subject)
         with self._mapped("reset_seen"):
             self._reset_seen(subj)
 
-    # filter -------------------------------------------------------------------------------
+    def expire_rate_state(self, now: float, seen_ttl: float) -> int:
+        """Remove rate state that no longer affects any decision; run it periodically.
 
-    def put_filter(self, version: int, key_id: str, blob: bytes, now: float) -> FilterVersion:
-        """Store a filter version, pinned to the current membership log position.
-
-        Raises:
-            Conflict: the version exists, or is not above the latest one.
-        """
-        v = check_int(version, "version", 1, 2**62)
-        kid = check_key_id(key_id)
-        b = check_bytes(blob, "filter blob", 0, MAX_BLOB)
-        t = check_time(now, "now")
-        with self._mapped("put_filter"):
-            return self._put_filter(v, kid, b, t)
-
-    def get_filter(self, version: int | None = None) -> FilterVersion | None:
-        """A stored filter version (latest when ``version`` is None), or None."""
-        v = None if version is None else check_int(version, "version", 1, 2**62)
-        with self._mapped("get_filter"):
-            return self._get_filter(v)
-
-    def filter_delta(self, since: int, until: int | None = None) -> FilterDelta | None:
-        """Net membership change between two filter versions.
-
-        Args:
-            since: the version the client holds.
-            until: the target version; None means the latest published version.
+        Drops buckets that have fully drained by ``now`` and seen entries last added
+        ``seen_ttl`` seconds or more before ``now``. Neither changes what :meth:`take` or
+        :meth:`count_unseen` answer; it bounds how long a number-keyed subject (the one value
+        derived from a deleted user that a store keeps) stays stored. Redis drops drained
+        buckets by itself (key expiry), so there only seen entries are counted.
 
         Returns:
-            The delta, or None if either version is unknown (compacted away: fetch in full).
+            How many rows, keys or entries were removed.
         """
-        s = check_int(since, "since", 1, 2**62)
-        u = None if until is None else check_int(until, "until", 1, 2**62)
-        if u is not None and u < s:
-            raise InvalidInput("until must be >= since")
-        with self._mapped("filter_delta"):
-            return self._filter_delta(s, u)
+        t = check_time(now, "now")
+        life = check_time(seen_ttl, "seen_ttl")
+        with self._mapped("expire_rate_state"):
+            return self._expire_rate_state(t, t - life)
 
-    def compact_filters(self, keep_from: int) -> None:
-        """Drop versions below ``keep_from`` and log entries at or before its position."""
-        v = check_int(keep_from, "keep_from", 1, 2**62)
-        with self._mapped("compact_filters"):
-            self._compact_filters(v)
+    # maintenance --------------------------------------------------------------------------
+
+    def vacuum(self, *, keys_only: bool = False) -> dict[str, int]:
+        """Remove the residue of deleted rows from storage; see ``contactmatch.maintenance``.
+
+        Adapter-specific. PostgreSQL: ``VACUUM FULL`` of the tables that can hold personal
+        data, or with ``keys_only`` of the wrapped-key table alone (cheap; enough to make any
+        residue of a deleted number undecryptable). SQLite: a truncating checkpoint,
+        ``VACUUM`` and another (the whole file either way). Memory and Redis: nothing, they
+        keep no dead rows. Blocks writers, and on PostgreSQL readers of those tables too,
+        while it runs: schedule it.
+
+        Returns:
+            Counters describing what was done (adapter-specific names).
+        """
+        with self._mapped("vacuum"):
+            return self._vacuum(keys_only=bool(keys_only))
 
     # stats and checkpoints ----------------------------------------------------------------
 
@@ -773,26 +767,22 @@ class BaseStore:
     ) -> TakeResult:
         raise NotImplementedError
 
-    def _count_unseen(self, subject: str, fingerprints: list[bytes]) -> int:
+    def _count_unseen(self, subject: str, fingerprints: list[bytes], cutoff: float) -> int:
+        """Fingerprints absent, or last added at or before ``cutoff`` (= now - ttl)."""
         raise NotImplementedError
 
-    def _add_seen(self, subject: str, fingerprints: list[bytes]) -> int:
+    def _add_seen(self, subject: str, fingerprints: list[bytes], now: float) -> int:
         raise NotImplementedError
 
     def _reset_seen(self, subject: str) -> None:
         raise NotImplementedError
 
-    def _put_filter(self, version: int, key_id: str, blob: bytes, now: float) -> FilterVersion:
+    def _expire_rate_state(self, now: float, cutoff: float) -> int:
+        """Drop buckets drained by ``now`` and seen entries added at or before ``cutoff``."""
         raise NotImplementedError
 
-    def _get_filter(self, version: int | None) -> FilterVersion | None:
-        raise NotImplementedError
-
-    def _filter_delta(self, since: int, until: int | None) -> FilterDelta | None:
-        raise NotImplementedError
-
-    def _compact_filters(self, keep_from: int) -> None:
-        raise NotImplementedError
+    def _vacuum(self, *, keys_only: bool) -> dict[str, int]:  # noqa: ARG002 - adapters use it
+        return {}
 
     def _incr_stats(self, deltas: dict[str, int]) -> None:
         raise NotImplementedError
@@ -810,20 +800,8 @@ class BaseStore:
         raise NotImplementedError
 
 
-def net_delta(
-    since: int, until: int, entries: Sequence[tuple[int, bool, bytes | None, bytes]]
-) -> FilterDelta:
-    """Fold ordered log entries ``(seq, is_add, token, fp)`` into a net :class:`FilterDelta`."""
-    state: dict[bytes, bytes | None] = {}
-    for _seq, is_add, token, fp in sorted(entries, key=lambda e: e[0]):
-        state[fp] = token if is_add else None
-    added = [t for t in state.values() if t is not None]
-    removed = [fp for fp, t in state.items() if t is None]
-    return FilterDelta(since=since, until=until, added=added, removed=removed)
-
-
 def user_row(u: UserRecord) -> tuple[str, bytes, str, bytes, int, float, float]:
-    """The SQL column tuple of a record (SQLite and PostgreSQL rows, and their benchmarks)."""
+    """The ``users`` column tuple of a record (SQLite and PostgreSQL); the key goes elsewhere."""
     return (
         u.user_id,
         u.token,
@@ -836,12 +814,13 @@ def user_row(u: UserRecord) -> tuple[str, bytes, str, bytes, int, float, float]:
 
 
 def record_from_row(row: Sequence[Any]) -> UserRecord:
-    """The record of a SQL row in :func:`user_row` column order."""
+    """The record of a SQL row in :func:`user_row` column order plus the wrapped key last."""
     return UserRecord(
         user_id=row[0],
         token=bytes(row[1]),
         key_id=row[2],
         number_ct=bytes(row[3]),
+        wrapped_key=bytes(row[7]),
         discoverability=DISC_NAMES[row[4]],
         created_at=row[5],
         updated_at=row[6],

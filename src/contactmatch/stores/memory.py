@@ -1,4 +1,9 @@
-"""In-process store for tests, benchmarks and demos: dicts behind one lock, nothing persisted."""
+"""In-process store for tests, benchmarks and demos: dicts behind one lock, nothing persisted.
+
+The wrapped per-user key stays inside the record here: the narrow key table the other adapters
+keep exists so that on-disk residue of a deleted row is undecryptable, and this store has no
+disk, no dead rows and no residue.
+"""
 
 from __future__ import annotations
 
@@ -8,23 +13,17 @@ from dataclasses import replace
 
 from contactmatch.errors import Conflict, UnknownUser
 from contactmatch.stores.base import (
-    FINGERPRINT_LEN,
     BaseStore,
     Discoverability,
-    FilterDelta,
-    FilterVersion,
     Rekey,
     TakeResult,
     UserRecord,
-    fingerprint,
+    drain_time,
     leak,
-    net_delta,
     take_decision,
 )
 
 __all__ = ["MemoryStore"]
-
-_LogEntry = tuple[int, bool, bytes | None, bytes]
 
 
 class MemoryStore(BaseStore):
@@ -39,65 +38,33 @@ class MemoryStore(BaseStore):
         self._by_token: dict[bytes, str] = {}
         self._contacts: dict[str, tuple[str, set[bytes]]] = {}
         self._owners: dict[bytes, set[str]] = {}
-        self._buckets: dict[tuple[str, str], tuple[float, float]] = {}
-        self._seen: dict[str, set[bytes]] = {}
-        self._filters: dict[int, FilterVersion] = {}
-        self._log: dict[int, _LogEntry] = {}
-        self._seq = 0
-        self._adds: dict[bytes, int] = {}
+        # (subject, quota) -> (level, updated, drained at)
+        self._buckets: dict[tuple[str, str], tuple[float, float, float]] = {}
+        # subject -> fingerprint -> when last added
+        self._seen: dict[str, dict[bytes, float]] = {}
         self._stats: dict[str, int] = {}
         self._checkpoints: dict[str, str] = {}
-
-    # membership log: the same rules the SQL triggers implement ----------------------------
-
-    def _log_add(self, token: bytes) -> None:
-        self._seq += 1
-        # Same entry shape as the inlined bulk path in _put_users.
-        self._log[self._seq] = (self._seq, True, token, fingerprint(token))
-        self._adds[token] = self._seq
-
-    def _log_remove(self, token: bytes) -> None:
-        # Drop the entries that carried the full token; keep only its fingerprint.
-        seq = self._adds.pop(token, None)
-        if seq is not None:
-            self._log.pop(seq, None)
-        self._seq += 1
-        self._log[self._seq] = (self._seq, False, None, fingerprint(token))
-
-    def _membership(self, old: UserRecord | None, new: UserRecord | None) -> None:
-        was = old is not None and old.discoverability is Discoverability.EVERYONE
-        now = new is not None and new.discoverability is Discoverability.EVERYONE
-        if was and old is not None and (not now or new is None or new.token != old.token):
-            self._log_remove(old.token)
-        if now and new is not None and (not was or old is None or new.token != old.token):
-            self._log_add(new.token)
 
     def _store_user(self, old: UserRecord | None, new: UserRecord) -> None:
         if old is not None and old.token != new.token:
             del self._by_token[old.token]
         self._users[new.user_id] = new
         self._by_token[new.token] = new.user_id
-        self._membership(old, new)
 
     # users --------------------------------------------------------------------------------
 
     def _put_users(self, users: list[UserRecord]) -> None:
-        everyone = Discoverability.EVERYONE
         with self._lock:
-            by_token, by_id, log, adds = self._by_token, self._users, self._log, self._adds
+            by_token, by_id = self._by_token, self._users
             for u in users:
                 owner = by_token.get(u.token)
                 if owner is not None and owner != u.user_id:
                     raise Conflict("a token in the batch belongs to another user")
             for u in users:
                 old = by_id.get(u.user_id)
-                if old is None:  # the bulk-load case, kept to a few dict writes
+                if old is None:  # the bulk-load case, kept to two dict writes
                     by_id[u.user_id] = u
                     by_token[u.token] = u.user_id
-                    if u.discoverability is everyone:
-                        self._seq = seq = self._seq + 1
-                        log[seq] = (seq, True, u.token, u.token[:FINGERPRINT_LEN])
-                        adds[u.token] = seq
                 else:
                     self._store_user(old, replace(u, created_at=old.created_at))
 
@@ -134,7 +101,15 @@ class MemoryStore(BaseStore):
                 if old is None or not hmac.compare_digest(old.token, u.old_token):
                     continue
                 ct = old.number_ct if u.number_ct is None else u.number_ct
-                new = replace(old, token=u.new_token, key_id=u.key_id, number_ct=ct, updated_at=now)
+                wk = old.wrapped_key if u.wrapped_key is None else u.wrapped_key
+                new = replace(
+                    old,
+                    token=u.new_token,
+                    key_id=u.key_id,
+                    number_ct=ct,
+                    wrapped_key=wk,
+                    updated_at=now,
+                )
                 self._store_user(old, new)
                 done += 1
             return done
@@ -154,11 +129,7 @@ class MemoryStore(BaseStore):
             if old is None:
                 return False
             del self._by_token[old.token]
-            self._membership(old, None)
             self._drop_contacts(user_id)
-            for key in [k for k in self._buckets if k[0] == user_id]:
-                del self._buckets[key]
-            self._seen.pop(user_id, None)
             return True
 
     # contacts -----------------------------------------------------------------------------
@@ -198,67 +169,50 @@ class MemoryStore(BaseStore):
         self, subject: str, quota: str, cost: float, *, capacity: float, refill: float, now: float
     ) -> TakeResult:
         with self._lock:
-            level, updated = self._buckets.get((subject, quota), (0.0, now))
+            level, updated, _ = self._buckets.get((subject, quota), (0.0, now, now))
             level = leak(level, updated, now, refill)
             allowed, retry, level = take_decision(level, cost, capacity, refill)
-            self._buckets[(subject, quota)] = (level, max(now, updated))
+            updated = max(now, updated)
+            self._buckets[(subject, quota)] = (level, updated, drain_time(level, updated, refill))
             return TakeResult(allowed, retry)
 
-    def _count_unseen(self, subject: str, fingerprints: list[bytes]) -> int:
+    def _count_unseen(self, subject: str, fingerprints: list[bytes], cutoff: float) -> int:
         with self._lock:
-            seen = self._seen.get(subject, set())
-            return sum(f not in seen for f in fingerprints)
+            seen = self._seen.get(subject, {})
+            return sum(seen.get(f, cutoff) <= cutoff for f in fingerprints)
 
-    def _add_seen(self, subject: str, fingerprints: list[bytes]) -> int:
+    def _add_seen(self, subject: str, fingerprints: list[bytes], now: float) -> int:
         with self._lock:
-            seen = self._seen.setdefault(subject, set())
-            before = len(seen)
-            seen.update(fingerprints)
-            return len(seen) - before
+            seen = self._seen.setdefault(subject, {})
+            new = 0
+            for f in fingerprints:
+                was = seen.get(f)
+                if was is None:
+                    new += 1
+                    seen[f] = now
+                elif now > was:
+                    seen[f] = now
+            return new
 
     def _reset_seen(self, subject: str) -> None:
         with self._lock:
             self._seen.pop(subject, None)
 
-    # filter -------------------------------------------------------------------------------
-
-    def _put_filter(self, version: int, key_id: str, blob: bytes, now: float) -> FilterVersion:
+    def _expire_rate_state(self, now: float, cutoff: float) -> int:
         with self._lock:
-            if self._filters and version <= max(self._filters):
-                raise Conflict("filter version is not above the latest one")
-            fv = FilterVersion(
-                version=version, key_id=key_id, blob=blob, log_seq=self._seq, created_at=now
-            )
-            self._filters[version] = fv
-            return fv
-
-    def _get_filter(self, version: int | None) -> FilterVersion | None:
-        with self._lock:
-            if version is None:
-                return self._filters[max(self._filters)] if self._filters else None
-            return self._filters.get(version)
-
-    def _filter_delta(self, since: int, until: int | None) -> FilterDelta | None:
-        with self._lock:
-            if until is None and self._filters:
-                until = max(self._filters)
-            lo, hi = self._filters.get(since), self._filters.get(until or 0)
-            if lo is None or hi is None:
-                return None
-            entries = [e for s, e in self._log.items() if lo.log_seq < s <= hi.log_seq]
-            return net_delta(since, hi.version, entries)
-
-    def _compact_filters(self, keep_from: int) -> None:
-        with self._lock:
-            keep = self._filters.get(keep_from)
-            if keep is None:
-                return
-            for v in [v for v in self._filters if v < keep_from]:
-                del self._filters[v]
-            for s in [s for s in self._log if s <= keep.log_seq]:
-                _s, _add, token, _fp = self._log.pop(s)
-                if token is not None:
-                    self._adds.pop(token, None)
+            drained = [k for k, (_l, _u, d) in self._buckets.items() if d <= now]
+            for k in drained:
+                del self._buckets[k]
+            removed = len(drained)
+            for subject in list(self._seen):
+                seen = self._seen[subject]
+                old = [f for f, t in seen.items() if t <= cutoff]
+                for f in old:
+                    del seen[f]
+                removed += len(old)
+                if not seen:
+                    del self._seen[subject]
+            return removed
 
     # stats and checkpoints ----------------------------------------------------------------
 

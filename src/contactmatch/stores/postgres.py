@@ -3,8 +3,12 @@
 A connection pool shared by threads; every multi-row change in one transaction; bulk loads by
 binary ``COPY``; forward-only migrations recorded in ``cm_meta``. ``?schema=name`` in the URL (or
 ``schema=``) puts every table in that schema (``search_path``), which is how tests isolate.
-Filter membership is logged by statement-level triggers with transition tables, so ``COPY``,
-upserts, updates and deletes all log through one set-based statement rather than per row.
+
+A ``DELETE`` leaves dead tuples (and index entries) in their pages until ``VACUUM FULL``
+rewrites the table; a plain ``VACUUM`` frees them for reuse without overwriting them. Wrapped
+per-user keys therefore live in the narrow ``user_keys`` table, which :meth:`PostgresStore.vacuum`
+can rewrite often and cheaply (``keys_only``): once a deleted user's wrapped key has left it,
+whatever residue of their number is left elsewhere cannot be decrypted.
 """
 
 from __future__ import annotations
@@ -31,13 +35,11 @@ from contactmatch.stores.base import (
     DISC_CODES,
     BaseStore,
     Discoverability,
-    FilterDelta,
-    FilterVersion,
     Rekey,
     TakeResult,
     UserRecord,
+    drain_time,
     leak,
-    net_delta,
     record_from_row,
     take_decision,
     user_row,
@@ -49,6 +51,14 @@ _SCHEMA = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 USER_COLS = "user_id, token, key_id, number_ct, disc, created_at, updated_at"
 USER_TYPES = ["text", "bytea", "text", "bytea", "int2", "float8", "float8"]
 COPY_USERS = f"COPY users ({USER_COLS}) FROM STDIN (FORMAT BINARY)"
+COPY_KEYS = "COPY user_keys (user_id, wrapped) FROM STDIN (FORMAT BINARY)"
+KEY_TYPES = ["text", "bytea"]
+SELECT_USERS = (
+    "SELECT u.user_id, u.token, u.key_id, u.number_ct, u.disc, u.created_at, u.updated_at, "
+    "k.wrapped FROM users u JOIN user_keys k ON k.user_id = u.user_id"
+)
+#: Tables that can hold personal data or a derived identifier, rewritten by ``vacuum``.
+PERSONAL_TABLES = ("users", "user_keys", "contacts", "seen", "buckets", "checkpoints")
 
 # Forward-only migrations: index i brings the schema from version i to i + 1.
 MIGRATIONS: list[str] = [
@@ -131,6 +141,42 @@ MIGRATIONS: list[str] = [
     CREATE TRIGGER users_del AFTER DELETE ON users REFERENCING OLD TABLE AS old_rows
         FOR EACH STATEMENT EXECUTE FUNCTION mlog_del();
     """,
+    # v2: per-user keys in a table of their own (crypto-shredding); rate state keyed by
+    # subject and expiring (buckets by drain time, seen entries by when they were added); the
+    # store-side filter log is gone (filters are served from memory and it kept token
+    # prefixes of deleted users). Rate state keyed by user id is dropped, not converted.
+    """
+    DROP TRIGGER users_ins ON users;
+    DROP TRIGGER users_upd ON users;
+    DROP TRIGGER users_del ON users;
+    DROP FUNCTION mlog_ins();
+    DROP FUNCTION mlog_upd();
+    DROP FUNCTION mlog_del();
+    DROP TABLE mlog;
+    DROP TABLE filters;
+    DROP TABLE buckets;
+    DROP TABLE seen;
+    CREATE TABLE user_keys (
+        user_id text COLLATE "C" PRIMARY KEY,
+        wrapped bytea NOT NULL
+    );
+    CREATE TABLE buckets (
+        subject text NOT NULL,
+        quota text NOT NULL,
+        level double precision NOT NULL,
+        updated double precision NOT NULL,
+        drain double precision NOT NULL,
+        PRIMARY KEY (subject, quota)
+    );
+    CREATE INDEX buckets_drain ON buckets (drain);
+    CREATE TABLE seen (
+        subject text NOT NULL,
+        fp bytea NOT NULL,
+        added double precision NOT NULL,
+        PRIMARY KEY (subject, fp)
+    );
+    CREATE INDEX seen_added ON seen (added);
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -207,6 +253,8 @@ class PostgresStore(BaseStore):
                     f"schema v{version} is newer than this library (v{SCHEMA_VERSION})"
                 )
             for i in range(version, SCHEMA_VERSION):
+                if i == 1 and conn.execute("SELECT 1 FROM users LIMIT 1").fetchone():
+                    raise StoreError(_V1_USERS)
                 conn.execute(MIGRATIONS[i].encode())
             conn.execute(
                 "INSERT INTO cm_meta VALUES ('schema_version', %s) "
@@ -237,19 +285,27 @@ class PostgresStore(BaseStore):
             try:
                 # Fast path for new registrations: straight COPY; a savepoint lets us fall
                 # back to the upsert if any user (or token) already exists.
-                with conn.transaction(), cur.copy(COPY_USERS) as cp:
-                    cp.set_types(USER_TYPES)
-                    for u in users:
-                        cp.write_row(user_row(u))
+                with conn.transaction():
+                    with cur.copy(COPY_USERS) as cp:
+                        cp.set_types(USER_TYPES)
+                        for u in users:
+                            cp.write_row(user_row(u))
+                    with cur.copy(COPY_KEYS) as cp:
+                        cp.set_types(KEY_TYPES)
+                        for u in users:
+                            cp.write_row((u.user_id, u.wrapped_key))
             except psycopg.errors.UniqueViolation:
                 pass
             else:
                 return
-            cur.execute("CREATE TEMP TABLE users_in (LIKE users) ON COMMIT DROP")
-            with cur.copy(COPY_USERS.replace("users", "users_in", 1)) as cp:
-                cp.set_types(USER_TYPES)
+            cur.execute(
+                "CREATE TEMP TABLE users_in (LIKE users, wrapped bytea NOT NULL) ON COMMIT DROP"
+            )
+            copy_in = f"COPY users_in ({USER_COLS}, wrapped) FROM STDIN (FORMAT BINARY)"
+            with cur.copy(copy_in) as cp:
+                cp.set_types([*USER_TYPES, "bytea"])
                 for u in users:
-                    cp.write_row(user_row(u))
+                    cp.write_row((*user_row(u), u.wrapped_key))
             # Checked first so a token conflict never reaches the server log with its DETAIL.
             cur.execute(
                 "SELECT 1 FROM users_in i JOIN users u ON u.token = i.token "
@@ -263,22 +319,20 @@ class PostgresStore(BaseStore):
                 "key_id = excluded.key_id, number_ct = excluded.number_ct, "
                 "disc = excluded.disc, updated_at = excluded.updated_at"
             )
+            cur.execute(
+                "INSERT INTO user_keys (user_id, wrapped) SELECT user_id, wrapped FROM users_in "
+                "ON CONFLICT (user_id) DO UPDATE SET wrapped = excluded.wrapped"
+            )
 
     def _get_users(self, user_ids: list[str]) -> list[UserRecord | None]:
         with self._tx() as cur:
-            cur.execute(
-                f"SELECT {USER_COLS} FROM users WHERE user_id = ANY(%s)",  # noqa: S608
-                (user_ids,),
-            )
+            cur.execute(f"{SELECT_USERS} WHERE u.user_id = ANY(%s)", (user_ids,))
             found = {r[0]: record_from_row(r) for r in cur.fetchall()}
         return [found.get(u) for u in user_ids]
 
     def _lookup_tokens(self, tokens: list[bytes]) -> list[UserRecord | None]:
         with self._tx() as cur:
-            cur.execute(
-                f"SELECT {USER_COLS} FROM users WHERE token = ANY(%s::bytea[])",  # noqa: S608
-                (tokens,),
-            )
+            cur.execute(f"{SELECT_USERS} WHERE u.token = ANY(%s::bytea[])", (tokens,))
             found = {bytes(r[1]): record_from_row(r) for r in cur.fetchall()}
         return [found.get(t) for t in tokens]
 
@@ -301,27 +355,34 @@ class PostgresStore(BaseStore):
 
     def _rekey_users(self, updates: list[Rekey], now: float) -> int:
         with self._tx() as cur:
+            # One statement: the key update joins the users the row update matched, so a
+            # stale rekey changes neither.
             cur.execute(
-                "UPDATE users u SET token = r.new, key_id = r.kid, "
-                "number_ct = coalesce(r.ct, u.number_ct), updated_at = %s "
-                "FROM unnest(%s::text[], %s::bytea[], %s::bytea[], %s::text[], %s::bytea[]) "
-                "AS r(uid, old, new, kid, ct) WHERE u.user_id = r.uid AND u.token = r.old",
+                "WITH r AS (SELECT * FROM unnest(%s::text[], %s::bytea[], %s::bytea[], "
+                "%s::text[], %s::bytea[], %s::bytea[]) AS r(uid, old, new, kid, ct, wk)), "
+                "done AS (UPDATE users u SET token = r.new, key_id = r.kid, "
+                "number_ct = coalesce(r.ct, u.number_ct), updated_at = %s FROM r "
+                "WHERE u.user_id = r.uid AND u.token = r.old RETURNING u.user_id), "
+                "keys AS (UPDATE user_keys k SET wrapped = r.wk FROM r JOIN done "
+                "ON done.user_id = r.uid WHERE k.user_id = r.uid AND r.wk IS NOT NULL) "
+                "SELECT count(*) FROM done",
                 (
-                    now,
                     [u.user_id for u in updates],
                     [u.old_token for u in updates],
                     [u.new_token for u in updates],
                     [u.key_id for u in updates],
                     [u.number_ct for u in updates],
+                    [u.wrapped_key for u in updates],
+                    now,
                 ),
             )
-            return max(cur.rowcount, 0)
+            row = cur.fetchone()
+            return int(row[0]) if row else 0
 
     def _scan_users(self, after: str | None, limit: int) -> list[UserRecord]:
         with self._tx() as cur:
             cur.execute(
-                f"SELECT {USER_COLS} FROM users WHERE user_id > %s "  # noqa: S608
-                "ORDER BY user_id LIMIT %s",
+                f"{SELECT_USERS} WHERE u.user_id > %s ORDER BY u.user_id LIMIT %s",
                 (after or "", limit),
             )
             return [record_from_row(r) for r in cur.fetchall()]
@@ -337,9 +398,8 @@ class PostgresStore(BaseStore):
             cur.execute("DELETE FROM users WHERE user_id = %s", (user_id,))
             if cur.rowcount == 0:
                 return False
+            cur.execute("DELETE FROM user_keys WHERE user_id = %s", (user_id,))
             cur.execute("DELETE FROM contacts WHERE owner = %s", (user_id,))
-            cur.execute("DELETE FROM buckets WHERE subject = %s", (user_id,))
-            cur.execute("DELETE FROM seen WHERE subject = %s", (user_id,))
             return True
 
     # contacts -----------------------------------------------------------------------------
@@ -383,8 +443,8 @@ class PostgresStore(BaseStore):
             # Make sure the row exists, then lock it: the decision and the write are atomic
             # with respect to every other process taking from the same bucket.
             cur.execute(
-                "INSERT INTO buckets VALUES (%s, %s, 0, %s) ON CONFLICT DO NOTHING",
-                (subject, quota, now),
+                "INSERT INTO buckets VALUES (%s, %s, 0, %s, %s) ON CONFLICT DO NOTHING",
+                (subject, quota, now, now),
             )
             cur.execute(
                 "SELECT level, updated FROM buckets WHERE subject = %s AND quota = %s FOR UPDATE",
@@ -396,95 +456,71 @@ class PostgresStore(BaseStore):
             allowed, retry, level = take_decision(
                 leak(level, updated, now, refill), cost, capacity, refill
             )
+            updated = max(now, updated)
             cur.execute(
-                "UPDATE buckets SET level = %s, updated = %s WHERE subject = %s AND quota = %s",
-                (level, max(now, updated), subject, quota),
+                "UPDATE buckets SET level = %s, updated = %s, drain = %s "
+                "WHERE subject = %s AND quota = %s",
+                (level, updated, drain_time(level, updated, refill), subject, quota),
             )
             return TakeResult(allowed, retry)
 
-    def _count_unseen(self, subject: str, fingerprints: list[bytes]) -> int:
+    def _count_unseen(self, subject: str, fingerprints: list[bytes], cutoff: float) -> int:
         with self._tx() as cur:
             cur.execute(
-                "SELECT count(*) FROM seen WHERE subject = %s AND fp = ANY(%s::bytea[])",
-                (subject, fingerprints),
+                "SELECT count(*) FROM seen WHERE subject = %s AND added > %s "
+                "AND fp = ANY(%s::bytea[])",
+                (subject, cutoff, fingerprints),
             )
             row = cur.fetchone()
         return len(fingerprints) - (int(row[0]) if row else 0)
 
-    def _add_seen(self, subject: str, fingerprints: list[bytes]) -> int:
+    def _add_seen(self, subject: str, fingerprints: list[bytes], now: float) -> int:
         with self._tx() as cur:
+            # Sorted, so two concurrent calls lock the same rows in the same order.
             cur.execute(
-                "INSERT INTO seen (subject, fp) SELECT %s, f FROM unnest(%s::bytea[]) f "
-                "ON CONFLICT DO NOTHING",
-                (subject, fingerprints),
+                "INSERT INTO seen (subject, fp, added) "
+                "SELECT %s, f, %s FROM unnest(%s::bytea[]) f ORDER BY f ON CONFLICT DO NOTHING",
+                (subject, now, fingerprints),
             )
-            return max(cur.rowcount, 0)
+            new = max(cur.rowcount, 0)
+            cur.execute(
+                "UPDATE seen s SET added = %s FROM (SELECT fp FROM seen WHERE subject = %s "
+                "AND added < %s AND fp = ANY(%s::bytea[]) ORDER BY fp FOR UPDATE) o "
+                "WHERE s.subject = %s AND s.fp = o.fp",
+                (now, subject, now, fingerprints, subject),
+            )
+            return new
 
     def _reset_seen(self, subject: str) -> None:
         with self._tx() as cur:
             cur.execute("DELETE FROM seen WHERE subject = %s", (subject,))
 
-    # filter -------------------------------------------------------------------------------
-
-    def _put_filter(self, version: int, key_id: str, blob: bytes, now: float) -> FilterVersion:
+    def _expire_rate_state(self, now: float, cutoff: float) -> int:
         with self._tx() as cur:
-            # EXCLUSIVE waits for every transaction that is writing the log to finish and
-            # blocks new ones, so no entry below the recorded position can commit later.
-            cur.execute("LOCK TABLE mlog IN EXCLUSIVE MODE")
-            cur.execute("SELECT max(version) FROM filters")
-            row = cur.fetchone()
-            if row is not None and row[0] is not None and version <= row[0]:
-                raise Conflict("filter version is not above the latest one")
-            cur.execute("SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM mlog_seq_seq")
-            seq_row = cur.fetchone()
-            seq = int(seq_row[0]) if seq_row else 0
-            cur.execute(
-                "INSERT INTO filters VALUES (%s, %s, %s, %s, %s)",
-                (version, key_id, blob, seq, now),
-            )
-        return FilterVersion(version=version, key_id=key_id, blob=blob, log_seq=seq, created_at=now)
+            cur.execute("DELETE FROM buckets WHERE drain <= %s", (now,))
+            removed = max(cur.rowcount, 0)
+            cur.execute("DELETE FROM seen WHERE added <= %s", (cutoff,))
+            return removed + max(cur.rowcount, 0)
 
-    def _get_filter(self, version: int | None) -> FilterVersion | None:
-        cols = "version, key_id, blob, log_seq, created_at"
-        with self._tx() as cur:
-            if version is None:
-                cur.execute(f"SELECT {cols} FROM filters ORDER BY version DESC LIMIT 1")  # noqa: S608
-            else:
-                cur.execute(f"SELECT {cols} FROM filters WHERE version = %s", (version,))  # noqa: S608
-            row = cur.fetchone()
-        if row is None:
-            return None
-        return FilterVersion(
-            version=row[0], key_id=row[1], blob=bytes(row[2]), log_seq=row[3], created_at=row[4]
-        )
+    # maintenance --------------------------------------------------------------------------
 
-    def _filter_delta(self, since: int, until: int | None) -> FilterDelta | None:
-        with self._tx() as cur:
-            cur.execute("SELECT log_seq FROM filters WHERE version = %s", (since,))
-            lo = cur.fetchone()
-            if until is None:
-                cur.execute("SELECT log_seq, version FROM filters ORDER BY version DESC LIMIT 1")
-            else:
-                cur.execute("SELECT log_seq, version FROM filters WHERE version = %s", (until,))
-            hi = cur.fetchone()
-            if lo is None or hi is None:
-                return None
-            cur.execute(
-                "SELECT seq, is_add, token, fp FROM mlog WHERE seq > %s AND seq <= %s",
-                (lo[0], hi[0]),
-            )
-            rows = cur.fetchall()
-        entries = [(s, bool(a), None if t is None else bytes(t), bytes(f)) for s, a, t, f in rows]
-        return net_delta(since, int(hi[1]), entries)
+    def _vacuum(self, *, keys_only: bool = False) -> dict[str, int]:
+        """``VACUUM FULL`` of the tables that can hold personal data (or only ``user_keys``).
 
-    def _compact_filters(self, keep_from: int) -> None:
-        with self._tx() as cur:
-            cur.execute("SELECT log_seq FROM filters WHERE version = %s", (keep_from,))
-            row = cur.fetchone()
-            if row is None:
-                return
-            cur.execute("DELETE FROM filters WHERE version < %s", (keep_from,))
-            cur.execute("DELETE FROM mlog WHERE seq <= %s", (row[0],))
+        A full vacuum writes a new copy of each table and its indexes (TOAST included) and
+        drops the old files, so no dead tuple survives in any page; it holds an ``ACCESS
+        EXCLUSIVE`` lock on each table while it runs. It cannot run in a transaction, hence
+        autocommit on a pooled connection, restored before the connection goes back.
+        """
+        tables = ("user_keys",) if keys_only else PERSONAL_TABLES
+        with self._pool.connection() as conn:
+            conn.autocommit = True
+            try:
+                names = sql.SQL(", ").join(sql.Identifier(t) for t in tables)
+                conn.execute(sql.SQL("VACUUM FULL {}").format(names))
+            finally:
+                conn.autocommit = False
+        return {"tables_rewritten": len(tables)}
 
     # stats and checkpoints ----------------------------------------------------------------
 
@@ -522,3 +558,10 @@ class PostgresStore(BaseStore):
 
     def _close(self) -> None:
         self._pool.close()
+
+
+_V1_USERS = (
+    "postgresql: this schema holds registrations from schema v1, whose numbers have no "
+    "per-user key and cannot be crypto-shredded; export and re-register them, then migrate "
+    "an empty schema"
+)

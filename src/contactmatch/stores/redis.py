@@ -1,12 +1,16 @@
 """Redis adapter (``redis://host:port/db?prefix=p``) on redis-py.
 
-Key layout (``P`` is the prefix, default ``cm``): everything about one user lives under the hash
-tag ``{P:u:<user id>}`` so it shares one Cluster slot: ``{P:u:<id>}`` (registration hash),
-``...:c`` (uploaded contact tokens, hex), ``...:rl`` (rate-limit buckets), ``...:seen``.
-Indexes are one key per token, ``{P:t:<hex>}`` (token -> user id) and ``{P:o:<hex>}`` (token
--> owners who uploaded it), so they spread over slots. Service-wide state sits under ``{P:g}``:
-``:ids`` (user ids, for paging), ``:log``/``:seq`` (filter membership log), ``:fv``/``:f:<v>``
-(filter versions), ``:stats``, ``:cp`` (checkpoints), ``:schema``.
+Key layout (``P`` is the prefix, default ``cm``). Account state: everything about one user lives
+under the hash tag ``{P:u:<user id>}`` so it shares one Cluster slot: ``{P:u:<id>}``
+(registration hash), ``...:c`` (uploaded contact tokens, hex), ``...:k`` (the wrapped per-user
+key, a key of its own, deleted with the account). Indexes are one key per token,
+``{P:t:<hex>}`` (token -> user id) and ``{P:o:<hex>}`` (token -> owners who uploaded it), so
+they spread over slots. Rate state, keyed by subject (``n:<hash>``, ``g:eval``; never a user
+id): ``{P:r:<subject>}:b:<quota>`` (one leaky bucket, expiring when it has drained) and
+``{P:r:<subject>}:s`` (seen set: a sorted set scored by when each fingerprint was added).
+Service-wide state sits under ``{P:g}``: ``:ids`` (user ids, for paging), ``:seen`` (subjects
+with a seen set, scored by their latest add, so ``expire_rate_state`` finds them), ``:stats``,
+``:cp`` (checkpoints), ``:schema``.
 
 Every multi-key change is one Lua script, hence atomic on a single Redis (primary + replicas,
 Sentinel). On a Redis Cluster (``redis+cluster://host:port/?prefix=p`` or ``redis://...?cluster=1``)
@@ -38,18 +42,15 @@ from contactmatch.errors import (
 from contactmatch.stores.base import (
     BaseStore,
     Discoverability,
-    FilterDelta,
-    FilterVersion,
     Rekey,
     TakeResult,
     UserRecord,
     check_name,
-    net_delta,
 )
 
 __all__ = ["SCHEMA_VERSION", "RedisClusterStore", "RedisStore"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 CHUNK = 1000  # records per script call: long scripts block every other client
 DISC_CODES = {
     Discoverability.EVERYONE: b"0",
@@ -59,55 +60,42 @@ DISC_CODES = {
 DISC_NAMES = {v: k for k, v in DISC_CODES.items()}
 USER_FIELDS = ("tok", "kid", "ct", "disc", "cat", "uat")
 
-# Shared Lua helpers: key names and the membership-log rule (same as the SQL triggers).
+# Shared Lua helpers: key names.
 _LUA_LIB = r"""
 local P = ARGV[1]
 local G = '{' .. P .. ':g}'
 local function ukey(uid) return '{' .. P .. ':u:' .. uid .. '}' end
 local function tkey(hex) return '{' .. P .. ':t:' .. hex .. '}' end
 local function okey(hex) return '{' .. P .. ':o:' .. hex .. '}' end
-local function mlog(ot, od, nt, nd)
-  local was = (od == '0')
-  local now = (nd == '0')
-  if was and ((not now) or nt ~= ot) then
-    redis.call('ZREM', G .. ':log', '\1' .. ot)
-    local s = redis.call('INCR', G .. ':seq')
-    redis.call('ZADD', G .. ':log', s, '\0' .. string.sub(ot, 1, 8))
-  end
-  if now and ((not was) or nt ~= ot) then
-    local s = redis.call('INCR', G .. ':seq')
-    redis.call('ZADD', G .. ':log', s, '\1' .. nt)
-  end
-end
 """
 
-# ARGV: P, n, then per user: uid, hex, tok, kid, ct, disc, cat, uat
+# ARGV: P, n, then per user: uid, hex, tok, kid, ct, wk, disc, cat, uat
 _PUT = (
     _LUA_LIB
     + r"""
 local n = tonumber(ARGV[2])
 for i = 0, n - 1 do
-  local o = 2 + i * 8
+  local o = 2 + i * 9
   local owner = redis.call('GET', tkey(ARGV[o + 2]))
   if owner and owner ~= ARGV[o + 1] then
     return redis.error_reply('CONFLICT a token in the batch belongs to another user')
   end
 end
 for i = 0, n - 1 do
-  local o = 2 + i * 8
-  local uid, hex, tok, disc, cat = ARGV[o + 1], ARGV[o + 2], ARGV[o + 3], ARGV[o + 6], ARGV[o + 7]
+  local o = 2 + i * 9
+  local uid, hex, tok, cat = ARGV[o + 1], ARGV[o + 2], ARGV[o + 3], ARGV[o + 8]
   local uk = ukey(uid)
-  local old = redis.call('HMGET', uk, 'tok', 'disc', 'cat', 'hex')
+  local old = redis.call('HMGET', uk, 'tok', 'cat', 'hex')
   if old[1] then
-    cat = old[3]
-    if old[1] ~= tok then redis.call('DEL', tkey(old[4])) end
+    cat = old[2]
+    if old[1] ~= tok then redis.call('DEL', tkey(old[3])) end
   else
     redis.call('ZADD', G .. ':ids', 0, uid)
   end
   redis.call('HSET', uk, 'tok', tok, 'hex', hex, 'kid', ARGV[o + 4], 'ct', ARGV[o + 5],
-             'disc', disc, 'cat', cat, 'uat', ARGV[o + 8])
+             'disc', ARGV[o + 7], 'cat', cat, 'uat', ARGV[o + 9])
+  redis.call('SET', uk .. ':k', ARGV[o + 6])
   redis.call('SET', tkey(hex), uid)
-  mlog(old[1], old[2], tok, disc)
 end
 return n
 """
@@ -125,23 +113,19 @@ for i = 0, n - 1 do
   end
 end
 for i = 0, n - 1 do
-  local uid, disc = ARGV[4 + 2 * i], ARGV[5 + 2 * i]
-  local uk = ukey(uid)
-  local old = redis.call('HMGET', uk, 'tok', 'disc')
-  redis.call('HSET', uk, 'disc', disc, 'uat', ARGV[2])
-  mlog(old[1], old[2], old[1], disc)
+  redis.call('HSET', ukey(ARGV[4 + 2 * i]), 'disc', ARGV[5 + 2 * i], 'uat', ARGV[2])
 end
 return n
 """
 )
 
-# ARGV: P, now, n, then per update: uid, old, new, hex, kid, ct ('' keeps the old one)
+# ARGV: P, now, n, then per update: uid, old, new, hex, kid, ct, wk ('' keeps the old ones)
 _REKEY = (
     _LUA_LIB
     + r"""
 local n = tonumber(ARGV[3])
 for i = 0, n - 1 do
-  local o = 3 + i * 6
+  local o = 3 + i * 7
   local owner = redis.call('GET', tkey(ARGV[o + 4]))
   if owner and owner ~= ARGV[o + 1] then
     return redis.error_reply('CONFLICT a new token belongs to another user')
@@ -149,16 +133,16 @@ for i = 0, n - 1 do
 end
 local done = 0
 for i = 0, n - 1 do
-  local o = 3 + i * 6
+  local o = 3 + i * 7
   local uid, tok, hex = ARGV[o + 1], ARGV[o + 3], ARGV[o + 4]
   local uk = ukey(uid)
-  local old = redis.call('HMGET', uk, 'tok', 'disc', 'hex')
+  local old = redis.call('HMGET', uk, 'tok', 'hex')
   if old[1] and old[1] == ARGV[o + 2] then
-    redis.call('DEL', tkey(old[3]))
+    redis.call('DEL', tkey(old[2]))
     redis.call('SET', tkey(hex), uid)
     redis.call('HSET', uk, 'tok', tok, 'hex', hex, 'kid', ARGV[o + 5], 'uat', ARGV[2])
     if ARGV[o + 6] ~= '' then redis.call('HSET', uk, 'ct', ARGV[o + 6]) end
-    mlog(old[1], old[2], tok, old[2])
+    if ARGV[o + 7] ~= '' then redis.call('SET', uk .. ':k', ARGV[o + 7]) end
     done = done + 1
   end
 end
@@ -183,13 +167,12 @@ _DELETE = (
     + r"""
 local uid = ARGV[2]
 local uk = ukey(uid)
-local old = redis.call('HMGET', uk, 'tok', 'disc', 'hex')
+local old = redis.call('HMGET', uk, 'tok', 'hex')
 if not old[1] then return 0 end
-redis.call('DEL', tkey(old[3]))
-mlog(old[1], old[2], false, false)
+redis.call('DEL', tkey(old[2]))
 redis.call('ZREM', G .. ':ids', uid)
 drop_contacts(uk, uid)
-redis.call('DEL', uk, uk .. ':rl', uk .. ':seen')
+redis.call('DEL', uk, uk .. ':k')
 return 1
 """
 )
@@ -226,11 +209,13 @@ return drop_contacts(uk, ARGV[2])
 """
 )
 
-# KEYS: bucket hash; ARGV: quota, cost, capacity, refill, now
+# KEYS: one bucket's hash; ARGV: cost, capacity, refill, now. The key expires when the bucket
+# has drained (in the server's clock, which production callers share); an empty bucket is the
+# same as none, so it is deleted rather than written.
 _TAKE = r"""
-local q, cost, cap, refill, now = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]),
-                                  tonumber(ARGV[4]), tonumber(ARGV[5])
-local st = redis.call('HMGET', KEYS[1], q .. ':l', q .. ':t')
+local cost, cap, refill, now = tonumber(ARGV[1]), tonumber(ARGV[2]),
+                               tonumber(ARGV[3]), tonumber(ARGV[4])
+local st = redis.call('HMGET', KEYS[1], 'l', 't')
 local level, updated = tonumber(st[1]) or 0, tonumber(st[2]) or now
 local elapsed = now - updated
 if elapsed < 0 then elapsed = 0 end
@@ -244,40 +229,65 @@ elseif cost > cap then
 else
   retry = (level + cost - cap) / refill
 end
-if updated > now then now = updated end
-redis.call('HSET', KEYS[1], q .. ':l', string.format('%.17g', level),
-           q .. ':t', string.format('%.17g', now))
+local t = now
+if updated > t then t = updated end
+if level <= 0 then
+  redis.call('DEL', KEYS[1])
+else
+  redis.call('HSET', KEYS[1], 'l', string.format('%.17g', level),
+             't', string.format('%.17g', t))
+  local ms = math.ceil(((t - now) + level / refill) * 1000)
+  if ms < 2 ^ 46 then
+    redis.call('PEXPIRE', KEYS[1], string.format('%.0f', ms))
+  else
+    redis.call('PERSIST', KEYS[1])
+  end
+end
 return {allowed, string.format('%.17g', retry)}
 """
 
-# ARGV: P, version, kid, blob, now
-_PUT_FILTER = (
-    _LUA_LIB
-    + r"""
-local latest = redis.call('ZREVRANGE', G .. ':fv', 0, 0)
-if latest[1] and tonumber(ARGV[2]) <= tonumber(latest[1]) then
-  return redis.error_reply('CONFLICT filter version is not above the latest one')
+# KEYS: a seen set; ARGV: now, fingerprint... Adds new members at ``now`` and raises older
+# scores to it; returns how many were new. Chunked: Lua's unpack has a bounded stack.
+_SEEN_ADD = r"""
+local now, n, new = ARGV[1], #ARGV, 0
+local i = 2
+while i <= n do
+  local j = math.min(i + 999, n)
+  local args = {}
+  for k = i, j do
+    args[#args + 1] = now
+    args[#args + 1] = ARGV[k]
+  end
+  new = new + redis.call('ZADD', KEYS[1], 'NX', unpack(args))
+  redis.call('ZADD', KEYS[1], 'GT', unpack(args))
+  i = j + 1
 end
-local seq = tonumber(redis.call('GET', G .. ':seq') or '0')
-redis.call('HSET', G .. ':f:' .. ARGV[2], 'kid', ARGV[3], 'blob', ARGV[4], 'seq', seq,
-           'cat', ARGV[5])
-redis.call('ZADD', G .. ':fv', ARGV[2], ARGV[2])
-return seq
+return new
 """
-)
 
-# ARGV: P, keep_from
-_COMPACT = (
-    _LUA_LIB
-    + r"""
-local seq = redis.call('HGET', G .. ':f:' .. ARGV[2], 'seq')
-if not seq then return 0 end
-local old = redis.call('ZRANGEBYSCORE', G .. ':fv', '-inf', '(' .. ARGV[2])
-for _, v in ipairs(old) do redis.call('DEL', G .. ':f:' .. v) end
-redis.call('ZREMRANGEBYSCORE', G .. ':fv', '-inf', '(' .. ARGV[2])
-redis.call('ZREMRANGEBYSCORE', G .. ':log', '-inf', seq)
-return #old
+# KEYS: a seen set; ARGV: cutoff. Drops entries added at or before it: {removed, left}.
+_SEEN_EXPIRE = r"""
+local gone = redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+return {gone, redis.call('ZCARD', KEYS[1])}
 """
+
+# KEYS: the seen-set index; ARGV: cutoff, subject... Unlists subjects with no add since cutoff
+# (a subject that added meanwhile keeps its entry).
+_SEEN_UNINDEX = r"""
+local gone = 0
+for i = 2, #ARGV do
+  local s = redis.call('ZSCORE', KEYS[1], ARGV[i])
+  if s and tonumber(s) <= tonumber(ARGV[1]) then
+    gone = gone + redis.call('ZREM', KEYS[1], ARGV[i])
+  end
+end
+return gone
+"""
+
+_V1_USERS = (
+    "redis: this prefix holds registrations from key layout v1, whose numbers have no "
+    "per-user key and cannot be crypto-shredded; export and re-register them, then use an "
+    "empty prefix"
 )
 
 
@@ -350,8 +360,7 @@ class RedisStore(BaseStore):
         self._contacts = reg(_CONTACTS)
         self._purge_one = reg(_PURGE_ONE)
         self._take_script = reg(_TAKE)
-        self._put_filter_script = reg(_PUT_FILTER)
-        self._compact = reg(_COMPACT)
+        self._scripts = {src: reg(src) for src in (_SEEN_ADD, _SEEN_EXPIRE, _SEEN_UNINDEX)}
 
     def _connect(self, url: str, timeout: float) -> Any:
         return redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
@@ -363,9 +372,42 @@ class RedisStore(BaseStore):
             raise SchemaVersionError(
                 f"key layout v{stored} is newer than this library (v{SCHEMA_VERSION})"
             )
+        if stored == 1:
+            self._upgrade_from_v1()
+
+    def _upgrade_from_v1(self) -> None:
+        """Layout v1 -> v2: drop the filter log and the rate state keyed by user id.
+
+        Refused if any user is registered (their numbers have no per-user key). With no
+        user, the only ``{P:u:...}`` keys left are v1 rate buckets and seen sets; a one-time
+        ``SCAN`` finds them.
+        """
+        g = self._g
+        if self._r.zcard(g + ":ids"):
+            raise StoreError(_V1_USERS)
+        for v in self._r.zrange(g + ":fv", 0, -1):
+            self._r.delete(f"{g}:f:{_text(v)}")
+        for key in (":log", ":seq", ":fv"):
+            self._r.delete(g + key)
+        for key in self._r.scan_iter(match="{" + self.prefix + ":u:*", count=1000):
+            self._r.delete(key)
+        self._r.set(g + ":schema", SCHEMA_VERSION)
 
     def _ukey(self, user_id: str) -> str:
         return "{" + self.prefix + ":u:" + user_id + "}"
+
+    def _rkey(self, subject: str) -> str:
+        """The hash tag of a rate subject's keys (its buckets and seen set share a slot)."""
+        return "{" + self.prefix + ":r:" + subject + "}"
+
+    def _eval_batch(self, src: str, calls: list[tuple[list[str], list[Any]]]) -> list[Any]:
+        """Run one script for many single-slot key sets, pipelined; results aligned."""
+        if not calls:
+            return []
+        script, pipe = self._scripts[src], self._r.pipeline(transaction=False)
+        for keys, args in calls:
+            script(keys=keys, args=args, client=pipe)
+        return list(pipe.execute())
 
     def _translate(self, exc: Exception, op: str) -> StoreError:
         if isinstance(exc, redis.exceptions.ResponseError):
@@ -378,14 +420,17 @@ class RedisStore(BaseStore):
             return StoreUnavailable(f"redis: {op}: server unavailable ({type(exc).__name__})")
         return super()._translate(exc, op)
 
-    def _record(self, user_id: str, vals: Sequence[Any]) -> UserRecord | None:
-        if vals[0] is None:
+    def _record(self, user_id: str, vals: Sequence[Any], wrapped: Any) -> UserRecord | None:
+        # Hash and key are written and deleted in one step (one slot); a hash without its key
+        # cannot be opened and reads as absent.
+        if vals[0] is None or wrapped is None:
             return None
         return UserRecord(
             user_id=user_id,
             token=vals[0],
             key_id=vals[1].decode(),
             number_ct=vals[2],
+            wrapped_key=wrapped,
             discoverability=DISC_NAMES[vals[3]],
             created_at=float(vals[4]),
             updated_at=float(vals[5]),
@@ -404,6 +449,7 @@ class RedisStore(BaseStore):
                     u.token,
                     u.key_id,
                     u.number_ct,
+                    u.wrapped_key,
                     DISC_CODES[u.discoverability],
                     repr(u.created_at),
                     repr(u.updated_at),
@@ -413,8 +459,11 @@ class RedisStore(BaseStore):
     def _get_users(self, user_ids: list[str]) -> list[UserRecord | None]:
         pipe = self._r.pipeline(transaction=False)
         for u in user_ids:
-            pipe.hmget(self._ukey(u), USER_FIELDS)
-        return [self._record(u, v) for u, v in zip(user_ids, pipe.execute(), strict=True)]
+            uk = self._ukey(u)
+            pipe.hmget(uk, USER_FIELDS)
+            pipe.get(uk + ":k")
+        out = pipe.execute()
+        return [self._record(u, out[2 * i], out[2 * i + 1]) for i, u in enumerate(user_ids)]
 
     def _mget(self, keys: list[str]) -> list[Any]:
         return list(self._r.mget(keys))
@@ -443,7 +492,8 @@ class RedisStore(BaseStore):
             args: list[Any] = [self.prefix, repr(now), len(chunk)]
             for u in chunk:
                 ct = b"" if u.number_ct is None else u.number_ct
-                args += (u.user_id, u.old_token, u.new_token, u.new_token.hex(), u.key_id, ct)
+                wk = b"" if u.wrapped_key is None else u.wrapped_key
+                args += (u.user_id, u.old_token, u.new_token, u.new_token.hex(), u.key_id, ct, wk)
             done += int(self._rekey(args=args))
         return done
 
@@ -501,62 +551,47 @@ class RedisStore(BaseStore):
         self, subject: str, quota: str, cost: float, *, capacity: float, refill: float, now: float
     ) -> TakeResult:
         allowed, retry = self._take_script(
-            keys=[self._ukey(subject) + ":rl"],
-            args=[quota, repr(cost), repr(capacity), repr(refill), repr(now)],
+            keys=[self._rkey(subject) + ":b:" + quota],
+            args=[repr(cost), repr(capacity), repr(refill), repr(now)],
         )
         r = float(retry)
         return TakeResult(bool(allowed), math.inf if math.isinf(r) else r)
 
-    def _count_unseen(self, subject: str, fingerprints: list[bytes]) -> int:
-        flags = self._r.smismember(self._ukey(subject) + ":seen", fingerprints)
-        return sum(not f for f in flags)
+    def _count_unseen(self, subject: str, fingerprints: list[bytes], cutoff: float) -> int:
+        scores = self._r.zmscore(self._rkey(subject) + ":s", fingerprints)
+        return sum(s is None or float(s) <= cutoff for s in scores)
 
-    def _add_seen(self, subject: str, fingerprints: list[bytes]) -> int:
-        return int(self._r.sadd(self._ukey(subject) + ":seen", *fingerprints))
+    def _add_seen(self, subject: str, fingerprints: list[bytes], now: float) -> int:
+        # Listed in the index first: a set the index does not know would never expire, while
+        # an index entry without a set (a client dying in between) is dropped by the sweep.
+        self._r.zadd(self._g + ":seen", {subject: now}, gt=True)
+        res = self._eval_batch(
+            _SEEN_ADD, [([self._rkey(subject) + ":s"], [repr(now), *fingerprints])]
+        )
+        return int(res[0])
 
     def _reset_seen(self, subject: str) -> None:
-        self._r.delete(self._ukey(subject) + ":seen")
+        self._r.delete(self._rkey(subject) + ":s")
+        self._r.zrem(self._g + ":seen", subject)
 
-    # filter -------------------------------------------------------------------------------
+    def _expire_rate_state(self, now: float, cutoff: float) -> int:  # noqa: ARG002 - see doc
+        """Prune every indexed seen set; buckets expire by themselves (``PEXPIRE``)."""
+        index, removed, page = self._g + ":seen", 0, []
+        for member, _score in self._r.zscan_iter(index, count=CHUNK):
+            page.append(_text(member))
+            if len(page) >= CHUNK:
+                removed += self._expire_seen(page, cutoff)
+                page = []
+        return removed + (self._expire_seen(page, cutoff) if page else 0)
 
-    def _put_filter(self, version: int, key_id: str, blob: bytes, now: float) -> FilterVersion:
-        seq = int(
-            self._put_filter_script(
-                keys=[self._g + ":fv", self._g + ":seq", f"{self._g}:f:{version}"],
-                args=[self.prefix, version, key_id, blob, repr(now)],
-            )
+    def _expire_seen(self, subjects: list[str], cutoff: float) -> int:
+        res = self._eval_batch(
+            _SEEN_EXPIRE, [([self._rkey(s) + ":s"], [repr(cutoff)]) for s in subjects]
         )
-        return FilterVersion(version=version, key_id=key_id, blob=blob, log_seq=seq, created_at=now)
-
-    def _get_filter(self, version: int | None) -> FilterVersion | None:
-        if version is None:
-            latest = self._r.zrevrange(self._g + ":fv", 0, 0)
-            if not latest:
-                return None
-            version = int(latest[0])
-        vals = self._r.hmget(f"{self._g}:f:{version}", ["kid", "blob", "seq", "cat"])
-        if vals[0] is None:
-            return None
-        return FilterVersion(
-            version=version,
-            key_id=vals[0].decode(),
-            blob=vals[1],
-            log_seq=int(vals[2]),
-            created_at=float(vals[3]),
-        )
-
-    def _filter_delta(self, since: int, until: int | None) -> FilterDelta | None:
-        lo, hi = self._get_filter(since), self._get_filter(until)
-        if lo is None or hi is None:
-            return None
-        raw = self._r.zrangebyscore(self._g + ":log", f"({lo.log_seq}", hi.log_seq, withscores=True)
-        entries = [
-            (int(s), m[:1] == b"\x01", m[1:] if m[:1] == b"\x01" else None, m[1:9]) for m, s in raw
-        ]
-        return net_delta(since, hi.version, entries)
-
-    def _compact_filters(self, keep_from: int) -> None:
-        self._compact(keys=[self._g + ":fv", self._g + ":log"], args=[self.prefix, keep_from])
+        empty = [s for s, (_gone, left) in zip(subjects, res, strict=True) if int(left) == 0]
+        if empty:
+            self._eval_batch(_SEEN_UNINDEX, [([self._g + ":seen"], [repr(cutoff), *empty])])
+        return sum(int(gone) for gone, _left in res)
 
     # stats and checkpoints ----------------------------------------------------------------
 
@@ -603,30 +638,31 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 """
 
-# KEYS: G:log, G:seq, G:ids; ARGV: P, n, then per change: ids op ('add'|'del'|''), uid,
-# old tok, old disc, new tok, new disc ('' = none). Membership log and id index, one slot.
-_C_LOG = (
-    _LUA_LIB
-    + r"""
-for i = 0, tonumber(ARGV[2]) - 1 do
-  local o = 2 + i * 6
-  if ARGV[o + 1] == 'add' then redis.call('ZADD', KEYS[3], 0, ARGV[o + 2]) end
-  if ARGV[o + 1] == 'del' then redis.call('ZREM', KEYS[3], ARGV[o + 2]) end
-  mlog(ARGV[o + 3], ARGV[o + 4], ARGV[o + 5], ARGV[o + 6])
+# KEYS: G:ids; ARGV: op ('add'|'del'), uid, op, uid, ... The id index, one slot.
+_C_IDS = r"""
+for i = 1, #ARGV, 2 do
+  if ARGV[i] == 'add' then redis.call('ZADD', KEYS[1], 0, ARGV[i + 1]) end
+  if ARGV[i] == 'del' then redis.call('ZREM', KEYS[1], ARGV[i + 1]) end
 end
 return 1
 """
-)
 
-# KEYS: user hash; ARGV: expected tok, expected disc ('' = absent), then the fields to set as
-# name, value pairs ('' values are skipped). Compare-and-set: 0 if the user changed meanwhile.
+# KEYS: user hash, its wrapped-key key (same slot); ARGV: expected tok, expected disc ('' =
+# absent), then the fields to set as name, value pairs ('' values are skipped; 'wk' goes to the
+# key). Compare-and-set: 0 if the user changed meanwhile.
 _C_USER_SET = r"""
 local old = redis.call('HMGET', KEYS[1], 'tok', 'disc', 'cat')
 if (old[1] or '') ~= ARGV[1] or (old[2] or '') ~= ARGV[2] then return 0 end
 for i = 3, #ARGV, 2 do
   local v = ARGV[i + 1]
   if ARGV[i] == 'cat' and old[3] then v = old[3] end
-  if v ~= '' then redis.call('HSET', KEYS[1], ARGV[i], v) end
+  if v ~= '' then
+    if ARGV[i] == 'wk' then
+      redis.call('SET', KEYS[2], v)
+    else
+      redis.call('HSET', KEYS[1], ARGV[i], v)
+    end
+  end
 end
 return 1
 """
@@ -658,8 +694,9 @@ return olds
 """
 
 _RETRIES = 16  # compare-and-set rounds before giving up on users that keep changing
-_C_SCRIPTS = (_C_CLAIM, _C_RELEASE, _C_LOG, _C_USER_SET, _C_CONTACTS_SWAP, _C_PURGE)
-_SINGLE_SLOT = (_TAKE, _PUT_FILTER, _COMPACT)  # inherited: one hash tag each, cluster-ready
+_C_SCRIPTS = (_C_CLAIM, _C_RELEASE, _C_IDS, _C_USER_SET, _C_CONTACTS_SWAP, _C_PURGE)
+# Inherited scripts: one hash tag each, so cluster-ready as they are.
+_SINGLE_SLOT = (_TAKE, _SEEN_ADD, _SEEN_EXPIRE, _SEEN_UNINDEX)
 
 
 @dataclass(slots=True)
@@ -670,7 +707,7 @@ class _Change:
     tok: bytes | None
     disc: bytes | None  # None: keep the setting
     fields: list[Any]
-    op: str = ""  # id index op for the log step: 'add' on registration
+    op: str = ""  # id index op: 'add' on registration
     expect: bytes | None = None  # rekey: apply only while the stored token is this one
     need_user: bool = False  # discoverability: skip a user deleted meanwhile
 
@@ -683,13 +720,16 @@ class RedisClusterStore(RedisStore):
     or command on one slot (atomic there) and idempotent, in this order:
 
     * register / change token / change discoverability / rekey: read the user hash; claim the
-      new token's index entry; append to the membership log and id index (``{P:g}``);
-      compare-and-set the user hash (re-read and repeat if it changed meanwhile); release
-      the old token's index entry if it still names the user; re-read the hash and re-claim
-      (``SET NX``) its token's entry, which a concurrent writer's release may have removed.
+      new token's index entry; add a new user to the id index (``{P:g}``); compare-and-set
+      the user hash and its wrapped-key key (one slot; re-read and repeat if it changed
+      meanwhile); release the old token's index entry if it still names the user; re-read
+      the hash and re-claim (``SET NX``) its token's entry, which a concurrent writer's
+      release may have removed.
     * delete: read the hash; release the token index entry (the user is unfindable from
-      here on); drop the user from the owner sets of its uploads; log the removal and drop
-      the id; delete the hash, upload set, rate buckets and seen set (one slot) last.
+      here on); drop the user from the owner sets of its uploads; drop the id; delete the
+      hash, wrapped key and upload set (one slot) last.
+    * add to a seen set: list the subject in the seen index (``{P:g}``), then add (the
+      subject's slot).
     * replace contacts: add the owner to the new tokens' owner sets; swap the owner's upload
       set; remove the owner from the owner sets of tokens no longer uploaded.
 
@@ -701,8 +741,7 @@ class RedisClusterStore(RedisStore):
     deleted last on erase, still tells the retry what is left to do). What is lost against
     one Redis: batches are not all-or-nothing across users (a ``Conflict`` found by the
     up-front check still changes nothing; one raised by a concurrent writer mid-batch leaves
-    the earlier users applied), and the membership log may announce a change a moment before
-    the hash shows it. ``docs/storage.md`` (Redis Cluster) lists the crash states.
+    the earlier users applied). ``docs/storage.md`` (Redis Cluster) lists the crash states.
     """
 
     name = "redis+cluster"
@@ -743,6 +782,9 @@ class RedisClusterStore(RedisStore):
 
     def _mget(self, keys: list[str]) -> list[Any]:
         return list(self._r.mget_nonatomic(keys))
+
+    def _eval_batch(self, src: str, calls: list[tuple[list[str], list[Any]]]) -> list[Any]:
+        return self._eval_many([(src, keys, args) for keys, args in calls])
 
     # step helpers -------------------------------------------------------------------------
 
@@ -835,13 +877,11 @@ class RedisClusterStore(RedisStore):
             stale[h] = o
         return stale
 
-    def _log(self, entries: list[tuple[str, str, Sequence[Any], Any, Any]]) -> None:
-        """The log step: (ids op, uid, old (tok, disc, hex), new tok, new disc) per user."""
-        args: list[Any] = [self.prefix, len(entries)]
-        for op, uid, old, tok, disc in entries:
-            args += (op, uid, old[0] or b"", old[1] or b"", tok or b"", disc or b"")
-        g = self._g
-        self._eval(_C_LOG, [g + ":log", g + ":seq", g + ":ids"], args)
+    def _ids(self, entries: list[tuple[str, str]]) -> None:
+        """The id index step: ('add' | 'del', uid) per user; nothing to do for other ops."""
+        args = [x for op, uid in entries if op for x in (op, uid)]
+        if args:
+            self._eval(_C_IDS, [self._g + ":ids"], args)
 
     def _settle(self, uids: list[str], released: list[tuple[str, str]]) -> None:
         """Release old (uid, hex) index entries, then re-assert each user's current entry.
@@ -890,10 +930,14 @@ class RedisClusterStore(RedisStore):
         for _ in range(_RETRIES):
             if not pending:
                 return done
-            self._log([(c.op, c.uid, o, c.tok or o[0], c.disc or o[1]) for c, o in pending])
+            self._ids([(c.op, c.uid) for c, _ in pending])
             res = self._eval_many(
                 [
-                    (_C_USER_SET, [self._ukey(c.uid)], [o[0] or b"", o[1] or b"", *c.fields])
+                    (
+                        _C_USER_SET,
+                        [self._ukey(c.uid), self._ukey(c.uid) + ":k"],
+                        [o[0] or b"", o[1] or b"", *c.fields],
+                    )
                     for c, o in pending
                 ]
             )
@@ -926,7 +970,8 @@ class RedisClusterStore(RedisStore):
                 disc = DISC_CODES[u.discoverability]
                 fields = [
                     *("tok", u.token, "hex", u.token.hex(), "kid", u.key_id, "ct", u.number_ct),
-                    *("disc", disc, "cat", repr(u.created_at), "uat", repr(u.updated_at)),
+                    *("wk", u.wrapped_key, "disc", disc),
+                    *("cat", repr(u.created_at), "uat", repr(u.updated_at)),
                 ]
                 changes.append(_Change(u.user_id, u.token, disc, fields, op="add"))
             self._apply(changes, olds, stale)
@@ -958,6 +1003,7 @@ class RedisClusterStore(RedisStore):
                     [
                         *("tok", u.new_token, "hex", u.new_token.hex(), "kid", u.key_id),
                         *("uat", repr(now), "ct", b"" if u.number_ct is None else u.number_ct),
+                        *("wk", b"" if u.wrapped_key is None else u.wrapped_key),
                     ],
                     expect=u.old_token,
                 )
@@ -975,8 +1021,8 @@ class RedisClusterStore(RedisStore):
         # finds the user and finishes the erasure.
         self._eval_many([(_C_RELEASE, [self._tkey(old[2].decode())], [user_id])])
         self._drop_owner(user_id, list(self._r.smembers(uk + ":c")))
-        self._log([("del", user_id, old, b"", b"")])
-        self._r.delete(uk, uk + ":c", uk + ":rl", uk + ":seen")
+        self._ids([("del", user_id)])
+        self._r.delete(uk, uk + ":k", uk + ":c")
         return True
 
     # contacts -----------------------------------------------------------------------------

@@ -4,7 +4,15 @@ WAL mode so readers never block the writer; ``secure_delete`` so erased rows are
 with zeros rather than left in free pages; every write in one ``BEGIN IMMEDIATE`` transaction
 (taking the write lock up front avoids the deadlock of two readers upgrading at once). One
 connection guarded by a lock serves all threads; other processes wait on ``busy_timeout``.
-Filter membership is logged by triggers, so no code path can change users and forget the log.
+
+After an erasure the old page images still sit in the WAL (and the pre-erasure page in the
+database file) until a checkpoint copies the zeroed pages back and the WAL is truncated. A
+truncating checkpoint waits for every reader of an older snapshot, so it never runs under the
+store's lock: a deletion runs a non-blocking ``PASSIVE`` checkpoint, and a background thread
+with a connection of its own retries ``TRUNCATE`` (never waiting on a lock, backing off up to
+``SCRUB_MAX_INTERVAL``) until it succeeds. The user's bytes thus leave both files at most
+``SCRUB_MAX_INTERVAL`` seconds (plus the checkpoint's own time) after the last reader holding
+a snapshot from before the deletion has finished.
 """
 
 from __future__ import annotations
@@ -29,21 +37,23 @@ from contactmatch.stores.base import (
     DISC_CODES,
     BaseStore,
     Discoverability,
-    FilterDelta,
-    FilterVersion,
     Rekey,
     TakeResult,
     UserRecord,
+    drain_time,
     leak,
-    net_delta,
     record_from_row,
     take_decision,
     user_row,
 )
 
-__all__ = ["SCHEMA_VERSION", "SQLiteStore"]
+__all__ = ["SCHEMA_VERSION", "SCRUB_MAX_INTERVAL", "SQLiteStore"]
 
 _CHUNK = 500  # well under SQLite's bound-parameter limit
+#: First retry of a busy truncating checkpoint, in seconds; doubles up to the next value.
+SCRUB_FIRST_RETRY = 0.02
+#: Longest wait between two truncating checkpoint attempts (the erasure deadline's term).
+SCRUB_MAX_INTERVAL = 1.0
 
 # Forward-only migrations: index i brings the schema from version i to i + 1.
 MIGRATIONS: list[str] = [
@@ -109,17 +119,56 @@ MIGRATIONS: list[str] = [
         INSERT INTO mlog (is_add, token, fp) VALUES (0, NULL, substr(OLD.token, 1, 8));
     END;
     """,
+    # v2: per-user keys in a table of their own (crypto-shredding); rate state keyed by
+    # subject and expiring (buckets by drain time, seen entries by when they were added); the
+    # store-side filter log is gone (filters are served from memory and it kept token
+    # prefixes of deleted users). Rate state keyed by user id is dropped, not converted.
+    """
+    DROP TRIGGER users_ai;
+    DROP TRIGGER users_au;
+    DROP TRIGGER users_ad;
+    DROP TABLE mlog;
+    DROP TABLE filters;
+    DROP TABLE buckets;
+    DROP TABLE seen;
+    CREATE TABLE user_keys (
+        user_id TEXT PRIMARY KEY,
+        wrapped BLOB NOT NULL
+    ) WITHOUT ROWID;
+    CREATE TABLE buckets (
+        subject TEXT NOT NULL,
+        quota TEXT NOT NULL,
+        level REAL NOT NULL,
+        updated REAL NOT NULL,
+        drain REAL NOT NULL,
+        PRIMARY KEY (subject, quota)
+    ) WITHOUT ROWID;
+    CREATE INDEX buckets_drain ON buckets (drain);
+    CREATE TABLE seen (
+        subject TEXT NOT NULL,
+        fp BLOB NOT NULL,
+        added REAL NOT NULL,
+        PRIMARY KEY (subject, fp)
+    ) WITHOUT ROWID;
+    CREATE INDEX seen_added ON seen (added);
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 # Queries below are built from these constants and "?" markers only, never from input (S608).
 USER_COLS = "user_id, token, key_id, number_ct, disc, created_at, updated_at"
+SELECT_USERS = (
+    "SELECT u.user_id, u.token, u.key_id, u.number_ct, u.disc, u.created_at, u.updated_at, "
+    "k.wrapped FROM users u JOIN user_keys k ON k.user_id = u.user_id"
+)
 INSERT_USER = f"INSERT INTO users ({USER_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?)"  # noqa: S608
 UPSERT_USER = (
     f"INSERT INTO users ({USER_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?) "  # noqa: S608 - constants
     "ON CONFLICT (user_id) DO UPDATE SET token = excluded.token, key_id = excluded.key_id, "
     "number_ct = excluded.number_ct, disc = excluded.disc, updated_at = excluded.updated_at"
 )
+INSERT_KEY = "INSERT INTO user_keys (user_id, wrapped) VALUES (?, ?)"
+UPSERT_KEY = INSERT_KEY + " ON CONFLICT (user_id) DO UPDATE SET wrapped = excluded.wrapped"
 
 
 def _chunks(items: Sequence[Any], n: int = _CHUNK) -> Iterator[Sequence[Any]]:
@@ -160,6 +209,7 @@ class SQLiteStore(BaseStore):
         """
         self.path = path_from_url(url)
         self._lock = threading.RLock()
+        self._scrubber = None if self.path == ":memory:" else _Scrubber(self.path)
         with self._mapped("open"):
             if self.path != ":memory:":
                 Path(self.path).parent.mkdir(parents=True, exist_ok=True)
@@ -187,6 +237,8 @@ class SQLiteStore(BaseStore):
                     f"database schema v{version} is newer than this library (v{SCHEMA_VERSION})"
                 )
             for i in range(version, SCHEMA_VERSION):
+                if i == 1 and cur.execute("SELECT 1 FROM users LIMIT 1").fetchone():
+                    raise StoreError(_V1_USERS)
                 for stmt in _statements(MIGRATIONS[i]):
                     cur.execute(stmt)
                 cur.execute(f"PRAGMA user_version = {i + 1}")
@@ -225,21 +277,24 @@ class SQLiteStore(BaseStore):
         # which the upsert then reports) the whole transaction is rolled back and the batch
         # redone as an upsert. Not a savepoint: SQLite copies every page a savepoint touches
         # into a sub-journal, which costs a bulk load a third of its speed.
+        keys = [(u.user_id, u.wrapped_key) for u in users]
         try:
             with self._tx() as cur:
                 cur.executemany(INSERT_USER, map(user_row, users))
+                cur.executemany(INSERT_KEY, keys)
         except sqlite3.IntegrityError:
             pass
         else:
             return
         with self._tx() as cur:
             cur.executemany(UPSERT_USER, map(user_row, users))
+            cur.executemany(UPSERT_KEY, keys)
 
     def _get_users(self, user_ids: list[str]) -> list[UserRecord | None]:
         found: dict[str, UserRecord] = {}
         with self._read() as cur:
             for chunk in _chunks(user_ids):
-                q = f"SELECT {USER_COLS} FROM users WHERE user_id IN ({_marks(len(chunk))})"  # noqa: S608
+                q = f"{SELECT_USERS} WHERE u.user_id IN ({_marks(len(chunk))})"
                 for row in cur.execute(q, chunk):
                     found[row[0]] = record_from_row(row)
         return [found.get(u) for u in user_ids]
@@ -248,7 +303,7 @@ class SQLiteStore(BaseStore):
         found: dict[bytes, UserRecord] = {}
         with self._read() as cur:
             for chunk in _chunks(tokens):
-                q = f"SELECT {USER_COLS} FROM users WHERE token IN ({_marks(len(chunk))})"  # noqa: S608
+                q = f"{SELECT_USERS} WHERE u.token IN ({_marks(len(chunk))})"
                 for row in cur.execute(q, chunk):
                     rec = record_from_row(row)
                     found[rec.token] = rec
@@ -266,6 +321,16 @@ class SQLiteStore(BaseStore):
 
     def _rekey_users(self, updates: list[Rekey], now: float) -> int:
         with self._tx() as cur:
+            # Keys first, while the user's row still holds the old token to match against.
+            cur.executemany(
+                "UPDATE user_keys SET wrapped = ? WHERE user_id = ? AND EXISTS "
+                "(SELECT 1 FROM users WHERE user_id = ? AND token = ?)",
+                [
+                    (u.wrapped_key, u.user_id, u.user_id, u.old_token)
+                    for u in updates
+                    if u.wrapped_key is not None
+                ],
+            )
             cur.executemany(
                 "UPDATE users SET token = ?, key_id = ?, number_ct = coalesce(?, number_ct), "
                 "updated_at = ? WHERE user_id = ? AND token = ?",
@@ -279,7 +344,7 @@ class SQLiteStore(BaseStore):
     def _scan_users(self, after: str | None, limit: int) -> list[UserRecord]:
         with self._read() as cur:
             rows = cur.execute(
-                f"SELECT {USER_COLS} FROM users WHERE user_id > ? ORDER BY user_id LIMIT ?",  # noqa: S608
+                f"{SELECT_USERS} WHERE u.user_id > ? ORDER BY u.user_id LIMIT ?",
                 (after or "", limit),
             ).fetchall()
         return [record_from_row(r) for r in rows]
@@ -293,21 +358,25 @@ class SQLiteStore(BaseStore):
             cur.execute("DELETE FROM users WHERE user_id = ?", (user_id,))
             if cur.rowcount == 0:
                 return False
+            cur.execute("DELETE FROM user_keys WHERE user_id = ?", (user_id,))
             cur.execute("DELETE FROM contacts WHERE owner = ?", (user_id,))
-            cur.execute("DELETE FROM buckets WHERE subject = ?", (user_id,))
-            cur.execute("DELETE FROM seen WHERE subject = ?", (user_id,))
         self._scrub()
         return True
 
     def _scrub(self) -> None:
-        """Flush erased bytes out of the WAL after a deletion meant to leave no residue.
+        """Start flushing erased bytes out of the WAL and the database file; never blocks.
 
-        secure_delete zeroes rows in their pages, but the WAL still holds older images of
-        those pages until a checkpoint copies the new ones back and the WAL is truncated.
-        A reader holding an old snapshot can keep frames alive; the next scrub gets them.
+        secure_delete zeroes rows in their pages, but the WAL holds older images of those
+        pages (and the database file the pre-erasure page) until a checkpoint copies the new
+        ones back and the WAL is truncated. A PASSIVE checkpoint does what it can right away
+        without waiting on anyone (it never calls the busy handler); the truncating one waits
+        for readers of older snapshots, so the background scrubber retries it off the lock.
         """
+        if self._scrubber is None:
+            return
         with self._lock:
-            self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        self._scrubber.request()
 
     # contacts -----------------------------------------------------------------------------
 
@@ -354,96 +423,70 @@ class SQLiteStore(BaseStore):
             allowed, retry, level = take_decision(
                 leak(level, updated, now, refill), cost, capacity, refill
             )
+            updated = max(now, updated)
             cur.execute(
-                "INSERT INTO buckets (subject, quota, level, updated) VALUES (?, ?, ?, ?) "
-                "ON CONFLICT (subject, quota) DO UPDATE SET level = excluded.level, "
-                "updated = excluded.updated",
-                (subject, quota, level, max(now, updated)),
+                "INSERT INTO buckets (subject, quota, level, updated, drain) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (subject, quota) DO UPDATE SET "
+                "level = excluded.level, updated = excluded.updated, drain = excluded.drain",
+                (subject, quota, level, updated, drain_time(level, updated, refill)),
             )
             return TakeResult(allowed, retry)
 
-    def _count_unseen(self, subject: str, fingerprints: list[bytes]) -> int:
-        known = 0
+    def _count_unseen(self, subject: str, fingerprints: list[bytes], cutoff: float) -> int:
+        live = 0
         with self._read() as cur:
             for chunk in _chunks(fingerprints):
-                q = f"SELECT count(*) FROM seen WHERE subject = ? AND fp IN ({_marks(len(chunk))})"  # noqa: S608
-                known += cur.execute(q, (subject, *chunk)).fetchone()[0]
-        return len(fingerprints) - known
+                q = (
+                    "SELECT count(*) FROM seen WHERE subject = ? AND added > ? "  # noqa: S608
+                    f"AND fp IN ({_marks(len(chunk))})"
+                )
+                live += cur.execute(q, (subject, cutoff, *chunk)).fetchone()[0]
+        return len(fingerprints) - live
 
-    def _add_seen(self, subject: str, fingerprints: list[bytes]) -> int:
+    def _add_seen(self, subject: str, fingerprints: list[bytes], now: float) -> int:
         with self._tx() as cur:
             before = self._conn.total_changes
             cur.executemany(
-                "INSERT OR IGNORE INTO seen (subject, fp) VALUES (?, ?)",
-                [(subject, f) for f in fingerprints],
+                "INSERT OR IGNORE INTO seen (subject, fp, added) VALUES (?, ?, ?)",
+                [(subject, f, now) for f in fingerprints],
             )
-            return self._conn.total_changes - before
+            new = self._conn.total_changes - before
+            for chunk in _chunks(fingerprints):
+                q = (
+                    "UPDATE seen SET added = ? WHERE subject = ? AND added < ? "  # noqa: S608
+                    f"AND fp IN ({_marks(len(chunk))})"
+                )
+                cur.execute(q, (now, subject, now, *chunk))
+            return new
 
     def _reset_seen(self, subject: str) -> None:
         with self._tx() as cur:
             cur.execute("DELETE FROM seen WHERE subject = ?", (subject,))
 
-    # filter -------------------------------------------------------------------------------
-
-    def _put_filter(self, version: int, key_id: str, blob: bytes, now: float) -> FilterVersion:
+    def _expire_rate_state(self, now: float, cutoff: float) -> int:
         with self._tx() as cur:
-            latest = cur.execute("SELECT max(version) FROM filters").fetchone()[0]
-            if latest is not None and version <= latest:
-                raise Conflict("filter version is not above the latest one")
-            row = cur.execute("SELECT seq FROM sqlite_sequence WHERE name = 'mlog'").fetchone()
-            seq = 0 if row is None else int(row[0])
-            cur.execute(
-                "INSERT INTO filters (version, key_id, blob, log_seq, created_at) "
-                "VALUES (?, ?, ?, ?, ?)",
-                (version, key_id, blob, seq, now),
-            )
-        return FilterVersion(version=version, key_id=key_id, blob=blob, log_seq=seq, created_at=now)
+            cur.execute("DELETE FROM buckets WHERE drain <= ?", (now,))
+            removed = max(cur.rowcount, 0)
+            cur.execute("DELETE FROM seen WHERE added <= ?", (cutoff,))
+            removed += max(cur.rowcount, 0)
+        if removed:
+            self._scrub()
+        return removed
 
-    def _get_filter(self, version: int | None) -> FilterVersion | None:
-        cols = "version, key_id, blob, log_seq, created_at"
-        with self._read() as cur:
-            if version is None:
-                q = f"SELECT {cols} FROM filters ORDER BY version DESC LIMIT 1"  # noqa: S608
-                row = cur.execute(q).fetchone()
-            else:
-                q = f"SELECT {cols} FROM filters WHERE version = ?"  # noqa: S608
-                row = cur.execute(q, (version,)).fetchone()
-        if row is None:
-            return None
-        return FilterVersion(
-            version=row[0], key_id=row[1], blob=bytes(row[2]), log_seq=row[3], created_at=row[4]
-        )
+    # maintenance --------------------------------------------------------------------------
 
-    def _filter_delta(self, since: int, until: int | None) -> FilterDelta | None:
-        with self._tx() as cur:  # one snapshot for the two positions and the entries
-            lo = cur.execute("SELECT log_seq FROM filters WHERE version = ?", (since,)).fetchone()
-            if until is None:
-                hi = cur.execute(
-                    "SELECT log_seq, version FROM filters ORDER BY version DESC LIMIT 1"
-                ).fetchone()
-            else:
-                hi = cur.execute(
-                    "SELECT log_seq, version FROM filters WHERE version = ?", (until,)
-                ).fetchone()
-            if lo is None or hi is None:
-                return None
-            rows = cur.execute(
-                "SELECT seq, is_add, token, fp FROM mlog WHERE seq > ? AND seq <= ?",
-                (lo[0], hi[0]),
-            ).fetchall()
-        entries = [(s, bool(a), None if t is None else bytes(t), bytes(f)) for s, a, t, f in rows]
-        return net_delta(since, hi[1], entries)
+    def _vacuum(self, *, keys_only: bool) -> dict[str, int]:  # noqa: ARG002 - one file
+        """Checkpoint, rebuild the file, checkpoint again: no free page or WAL frame is left.
 
-    def _compact_filters(self, keep_from: int) -> None:
-        with self._tx() as cur:
-            row = cur.execute(
-                "SELECT log_seq FROM filters WHERE version = ?", (keep_from,)
-            ).fetchone()
-            if row is None:
-                return
-            cur.execute("DELETE FROM filters WHERE version < ?", (keep_from,))
-            cur.execute("DELETE FROM mlog WHERE seq <= ?", (row[0],))
-        self._scrub()
+        The file is one unit, so ``keys_only`` changes nothing here. Waits (on
+        ``busy_timeout``) for readers of older snapshots: an explicit maintenance step may,
+        a request must not.
+        """
+        with self._lock:
+            self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+            self._conn.execute("VACUUM")
+            busy, frames, _done = self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        return {"vacuumed": 1, "checkpoint_busy": int(busy), "wal_frames_left": max(int(frames), 0)}
 
     # stats and checkpoints ----------------------------------------------------------------
 
@@ -476,8 +519,84 @@ class SQLiteStore(BaseStore):
                 )
 
     def _close(self) -> None:
+        if self._scrubber is not None:
+            self._scrubber.close()
         with self._lock:
             self._conn.close()
+
+
+_V1_USERS = (
+    "sqlite: this database holds registrations from schema v1, whose numbers have no "
+    "per-user key and cannot be crypto-shredded; export and re-register them, then migrate "
+    "an empty database"
+)
+
+
+class _Scrubber:
+    """Retries ``wal_checkpoint(TRUNCATE)`` in a daemon thread until one succeeds.
+
+    Uses a connection of its own with no busy handler, so an attempt that meets a reader of
+    an older snapshot (or a writer) returns at once instead of waiting; the store's lock is
+    never held. Attempts back off from ``SCRUB_FIRST_RETRY`` to ``SCRUB_MAX_INTERVAL`` and go on
+    for as long as the store is open: the deadline holds however long a reader lingers.
+    """
+
+    def __init__(self, path: str) -> None:
+        self._path = path
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._guard = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def request(self) -> None:
+        """Ask for a truncating checkpoint soon (starts the thread on first use)."""
+        with self._guard:
+            if self._stop.is_set():
+                return
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="contactmatch-sqlite-scrub", daemon=True
+                )
+                self._thread.start()
+        self._wake.set()
+
+    def close(self) -> None:
+        """Stop retrying and wait briefly for the thread (it never blocks on SQLite)."""
+        with self._guard:
+            self._stop.set()
+            thread = self._thread
+        self._wake.set()
+        if thread is not None:
+            thread.join(timeout=5.0)
+
+    def _run(self) -> None:
+        conn: sqlite3.Connection | None = None
+        try:
+            conn = sqlite3.connect(self._path, timeout=0, isolation_level=None)
+            conn.execute("PRAGMA busy_timeout = 0")
+            while not self._stop.is_set():
+                self._wake.wait()
+                delay = SCRUB_FIRST_RETRY
+                while not self._stop.is_set():
+                    self._wake.clear()
+                    if self._truncate(conn) and not self._wake.is_set():
+                        break
+                    self._stop.wait(delay)
+                    delay = min(delay * 2, SCRUB_MAX_INTERVAL)
+        except sqlite3.Error:  # pragma: no cover - the file went away; the next open scrubs
+            pass
+        finally:
+            if conn is not None:
+                conn.close()
+
+    @staticmethod
+    def _truncate(conn: sqlite3.Connection) -> bool:
+        """One attempt; True when the WAL was checkpointed in full and truncated."""
+        try:
+            busy, _log, _done = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        except sqlite3.OperationalError:  # locked: same as busy
+            return False
+        return int(busy) == 0
 
 
 def _marks(n: int) -> str:
