@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import pickle
 
+import phonenumbers
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 import contactmatch
 from contactmatch import errors
+from contactmatch._calling_codes import CALLING_CODES
 
 ALL_ERRORS = [
     getattr(errors, name)
@@ -30,16 +32,60 @@ def test_value_error_subclasses() -> None:
     assert issubclass(errors.MissingDependency, ImportError)
 
 
-def test_mask_number_shape() -> None:
-    assert errors.mask_number("+989123456789") == "+98912*****89"
-    assert errors.mask_number("+98 912 345 6789") == "+98912*****89"
-    assert errors.mask_number("1234") == "****"
+@pytest.mark.parametrize(
+    ("raw", "masked"),
+    [
+        ("+989123456789", "+98********89"),
+        ("+98 912 345 6789", "+98********89"),
+        ("00989123456789", "+98********89"),  # the 00 prefix is international too
+        ("0912 345 6789", "*********89"),  # national: no calling code, whatever it starts with
+        ("tel:+1-202-555-0123", "+1********23"),
+        ("+999 123456789", "**********89"),  # 999 is no calling code: nothing shown
+        ("Alice Smith,+98 912 345 6789", "+98********89"),  # a CSV line: the name is dropped
+        ("۰۹۱۲ ۳۴۵ ۶۷۸۹", "*********89"),  # Persian digits, shown as ASCII
+        ("+98", "**"),  # a calling code alone is as short as any input
+        ("+98 1234", "+98****"),
+        ("1234", "****"),
+        ("12345", "*****"),
+        ("123456", "****56"),
+        ("Alice", ""),
+        ("", ""),
+        ("1" * 60_000, "*********...11"),
+        ("+98" + "7" * 60_000, "+98*********...77"),
+    ],
+)
+def test_mask_number_shape(raw: str, masked: str) -> None:
+    assert errors.mask_number(raw) == masked
+
+
+def test_calling_codes_are_phonenumbers_table() -> None:
+    # The table is data (errors must import without phonenumbers); pin it to the reference.
+    assert {str(c) for c in phonenumbers.COUNTRY_CODE_TO_REGION_CODE} == CALLING_CODES
+
+
+def _shown_code(raw: str, masked: str) -> str:
+    """The calling code a mask shows, checked to be a real one."""
+    if not masked.startswith("+"):
+        return ""
+    code = masked[1:].split("*", 1)[0]
+    assert code in CALLING_CODES, code
+    return code
+
+
+@given(st.text(max_size=200) | st.text(alphabet="+0123456789 -()۰۱۲۳۴۵۶۷۸۹abc", max_size=40))
+def test_mask_shows_only_the_calling_code_and_two_digits(raw: str) -> None:
+    masked = errors.mask_number(raw)
+    assert len(masked) <= 18
+    assert set(masked) <= set("+0123456789*.")  # no letter, no punctuation of the input
+    code = _shown_code(raw, masked)
+    assert sum(ch.isdigit() for ch in masked) <= len(code) + 2
+    if any(ch.isdecimal() for ch in raw):
+        assert "*" in masked  # never the whole number
 
 
 @given(st.text(alphabet="+0123456789", min_size=9, max_size=20))
 def test_mask_never_shows_the_middle(raw: str) -> None:
     masked = errors.mask_number(raw)
-    assert len(masked) == len(raw)
     assert masked != raw
     assert raw not in masked
 

@@ -150,3 +150,97 @@ def test_json_versions_beyond_a_byte() -> None:
     bad["filter_version"] = 1 << 32
     with pytest.raises(MalformedMessage):
         decode_json(json.dumps(bad))
+
+
+# -- hostile JSON (issue 9, item 10): every body is a MalformedMessage, never another error ---
+
+# Lone surrogates too, and often: hypothesis draws them rarely on its own.
+_ANY_TEXT = st.text(st.characters(exclude_categories=()), max_size=60) | st.text(
+    st.sampled_from("\ud800\udc00\udfffa"), min_size=1, max_size=4
+)
+_SCALARS = (
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats()  # NaN and infinities included: json.dumps writes them, JSON has none
+    | _ANY_TEXT
+)
+_VALUES = st.recursive(
+    _SCALARS, lambda kids: st.lists(kids, max_size=4) | st.dictionaries(_ANY_TEXT, kids, max_size=4)
+)
+# Pieces that stress the loader's triggers when glued together in any order.
+_PIECES = st.sampled_from(
+    ["[", "]", "{", "}", '"', "\\", '\\"', "\\\\", "\\ud800", "\\udc00", "\\ud83d\\ude00",
+     "1" * 25, "-", "0", "1e999", "NaN", "-Infinity", ",", ":", " ", "true", "null", '"v"',
+     "1", '"type"', '"eval_request"', "\u00e9", "\ud800",
+     '{"v":1,"type":"eval_request","scheme":"', '","elements":[]}',
+     '{"v":1,"type":"bucket_request","scheme":"s","key_id":"k","prefixes":[],"bits":']
+)  # fmt: skip
+
+
+def _only_malformed(text: str | bytes) -> None:
+    # Any other exception (RecursionError, ValueError, UnicodeEncodeError...) fails the test.
+    with contextlib.suppress(MalformedMessage):
+        decode_json(text)
+
+
+def _shapes(value: object) -> list[object]:
+    """``value`` alone and in every field of a request, so field checks see it too."""
+    base: dict[str, object] = {"v": 1, "type": "bucket_request", "scheme": "s", "key_id": "k",
+                               "bits": 4, "prefixes": []}  # fmt: skip
+    return [value, *({**base, name: value} for name in base)]
+
+
+@given(st.binary(max_size=300))
+def test_decode_json_random_bytes_are_malformed_or_valid(junk: bytes) -> None:
+    _only_malformed(junk)
+
+
+@given(st.lists(_PIECES, max_size=60), st.booleans())
+def test_decode_json_token_soup_is_malformed_or_valid(pieces: list[str], as_bytes: bool) -> None:
+    text = "".join(pieces)
+    _only_malformed(text.encode("utf-8", "surrogatepass") if as_bytes else text)
+
+
+@given(_SCALARS | _VALUES, st.booleans())  # scalars on their own too: _VALUES nests mostly
+def test_decode_json_any_json_value_is_malformed_or_valid(value: object, ascii_: bool) -> None:
+    for doc in _shapes(value):
+        text = json.dumps(doc, ensure_ascii=ascii_)  # ensure_ascii: surrogates as \u escapes
+        _only_malformed(text)
+        _only_malformed(text.encode("utf-8", "surrogatepass"))
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        "[" * 1000 + "]" * 1000,
+        '{"a":' * 1000 + "1" + "}" * 1000,
+        "[" * 100_000,
+        '{"v":1,"type":"eval_request","scheme":"\\ud800","elements":[]}',
+        '{"v":1,"type":"eval_request","scheme":"\\udfff\\ud800","elements":[]}',
+        '{"v":1,"type":"eval_request","scheme":"s","elements":["\\ud800"]}',
+        '{"\\ud800":1,"v":1}',
+        b'{"v":1,"type":"eval_request","scheme":"\xed\xa0\x80","elements":[]}',  # UTF-8 surrogate
+        '{"v":' + "1" * 5000 + "}",
+        '{"v":1,"type":"bucket_request","scheme":"s","key_id":"k","bits":4,"prefixes":['
+        + "7" * 5000
+        + "]}",
+        '{"v":1,"type":"bucket_request","scheme":"s","key_id":"k","bits":NaN,"prefixes":[]}',
+        '{"v":1,"type":"bucket_request","scheme":"s","key_id":"k","bits":1e999,"prefixes":[]}',
+        '{"v":1.0,"type":"eval_request","scheme":"s","elements":[]}',
+        '{"v":true,"type":"eval_request","scheme":"s","elements":[]}',
+        '{"v":1,"v":1,"type":"eval_request","scheme":"s","elements":[]}',
+        '{"v":1,"type":["eval_request"],"scheme":"s","elements":[]}',
+    ],
+    ids=lambda b: f"{str(b)[:24]}..{len(b)}",
+)
+def test_hostile_json_is_one_typed_error(body: str | bytes) -> None:
+    with pytest.raises(MalformedMessage):
+        decode_json(body)
+
+
+def test_strict_json_keeps_every_valid_message() -> None:
+    # Brackets, quotes and backslashes inside strings do not count as nesting or escapes.
+    msg = EvalRequest(scheme='[[{{"\\\\"]]' * 20, elements=[b"x"])
+    assert decode_json(msg.to_json()) == msg
+    assert decode_json(msg.to_json().encode()) == msg

@@ -8,13 +8,13 @@ turning those into E.164 numbers is :mod:`contactmatch.phone`'s job.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from contactmatch._json import load_json
 from contactmatch.errors import InvalidContactCard
 from contactmatch.phone import normalize_many
 
@@ -192,10 +192,9 @@ def read_contacts(source: str | bytes | Iterable[Mapping[str, Any]] | Iterable[s
         if head.startswith("BEGIN:VCARD"):
             return numbers_from_vcard(source)
         if head.startswith("["):
-            try:
-                parsed = json.loads(source)
-            except json.JSONDecodeError as exc:
-                raise InvalidContactCard("contact JSON does not parse") from exc
+            # The strict loader: a hostile export (deep nesting, huge integers) is refused
+            # as InvalidContactCard instead of crashing the reader.
+            parsed = load_json(source, error=InvalidContactCard)
             if not isinstance(parsed, list):
                 raise InvalidContactCard("contact JSON must be a list of contacts")
             return read_contacts(parsed)

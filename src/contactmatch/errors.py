@@ -23,10 +23,17 @@
         └── Conflict                        a concurrent change won, or a constraint was violated
 
 Messages never contain a full phone number, token or key: numbers are masked with
-:func:`mask_number` (``+98912*****89``), tokens and keys are never formatted at all.
+:func:`mask_number` (``+98********89``: the calling code and the last two digits at most,
+never a letter of the input), tokens and keys are never formatted at all.
 """
 
 from __future__ import annotations
+
+import re
+import unicodedata
+from typing import Final
+
+from contactmatch._calling_codes import CALLING_CODES
 
 __all__ = [
     "AuthenticationFailed",
@@ -49,20 +56,62 @@ __all__ = [
     "mask_number",
 ]
 
+# What phonenumbers accepts as a plus sign (ASCII and full-width); a plus sign before the
+# first digit makes the input international.
+_PLUS_SIGNS: Final = "+\uff0b"
+_FIRST_MARK: Final = re.compile(r"[+\uff0b\d]")
+_NOT_DIGIT: Final = re.compile(r"\D+")  # \d is Unicode category Nd, as str.isdecimal
+# Digits shown at the end, digits always hidden, and the longest run of stars shown.
+_TAIL: Final = 2
+_MIN_HIDDEN: Final = 4
+_MAX_STARS: Final = 12
+
 
 def mask_number(raw: str) -> str:
-    """Mask a phone number for messages and logs, keeping just enough to recognise it.
+    """Mask a phone number for messages and logs, keeping just enough to tell rejects apart.
 
-    Keeps the first six characters (``+`` and country code and operator prefix) and the last
-    two (``+98912*****89``) so an operator can tell two rejects apart without the log becoming
-    a list of numbers. Short inputs are masked harder: they may be a full local number.
+    Only digits survive, whatever the input looks like: letters, names and punctuation are
+    dropped (a CSV line or a vCard value may hold a contact's name next to the number), and
+    every digit is a star except the last two and, when the input is international (``+`` or
+    ``00``) and starts with a real country calling code, that code. So ``+98 912 345 6789``
+    and ``00989123456789`` give ``+98********89``, ``0912 345 6789`` gives ``*********89``.
+    Fewer than six digits after the calling code are all stars (they may be a whole local
+    number); a long run of stars is cut to ``*********...``, so the masked value is at most
+    18 characters however long the input. Digits of any script are shown as ASCII.
+
+    Returns:
+        The masked value; empty when the input holds no digit at all.
     """
-    s = "".join(ch for ch in str(raw) if not ch.isspace())
-    if len(s) <= 4:
-        return "*" * len(s)
-    if len(s) <= 10:
-        return s[:2] + "*" * (len(s) - 2)
-    return s[:6] + "*" * (len(s) - 8) + s[-2:]
+    text = str(raw)
+    digits = _NOT_DIGIT.sub("", text)  # every decimal digit, of any script; C speed
+    if not digits:
+        return ""
+    # Only the few digits that may be shown are converted: the input may be 60,000 long.
+    head = _ascii(digits[:5])
+    first = _FIRST_MARK.search(text)
+    skip = 0
+    if first is not None and first.group() in _PLUS_SIGNS:
+        international = True
+    else:
+        international = len(digits) > 2 and head.startswith("00")
+        skip = 2 if international else 0
+    code = ""
+    if international:
+        after = head[skip:]
+        # Calling codes are prefix-free: at most one of these prefixes is one.
+        code = next((after[:n] for n in (1, 2, 3) if after[:n] in CALLING_CODES), "")
+    rest = len(digits) - skip - len(code)
+    if not rest:
+        code, rest = "", len(digits) - skip  # a calling code alone is masked like any input
+    tail = _ascii(digits[-_TAIL:]) if rest >= _MIN_HIDDEN + _TAIL else ""
+    hidden = rest - len(tail)
+    stars = "*" * hidden if hidden <= _MAX_STARS else "*" * (_MAX_STARS - 3) + "..."
+    return ("+" + code if code else "") + stars + tail
+
+
+def _ascii(digits: str) -> str:
+    """Decimal digits of any script (Persian, Arabic-Indic, full-width...) as ASCII."""
+    return "".join(str(unicodedata.decimal(ch)) for ch in digits)
 
 
 class ContactMatchError(Exception):

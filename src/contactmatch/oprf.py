@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import NoReturn
 
 from contactmatch.errors import InvalidInput, InvalidKey, UnknownKeyId, VerificationFailed
 from contactmatch.hazmat import oprf as _oprf
@@ -57,6 +58,11 @@ class BlindState:
 
     def __repr__(self) -> str:
         return f"<BlindState mode={self.mode.name} n={len(self)}>"
+
+    def __reduce__(self) -> NoReturn:
+        # Like ServerKey: a pickle lands in caches, queues and crash dumps, and this one would
+        # carry the numbers and the blinds that unmask them (copy and deepcopy come here too).
+        raise TypeError("BlindState holds the client's blinds and cannot be pickled or copied")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

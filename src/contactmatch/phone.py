@@ -164,8 +164,12 @@ def _check_region(region: str | None) -> None:
     # phonenumbers silently treats an unknown (or lower-case) region as none at all, which
     # would turn a caller's typo into "missing_region" for every national number.
     if region is not None and region not in phonenumbers.SUPPORTED_REGIONS:
+        # Shown only when it looks like a code ('ir', 'XX'): the HTTP API passes the client's
+        # "region" field here, and a long one may be anything, a phone number included.
+        looks_like_code = isinstance(region, str) and len(region) <= 3 and region.isalpha()
+        shown = f" {region!r}" if looks_like_code and region.isascii() else ""
         raise InvalidInput(
-            f"unknown region code {region!r}: expected an upper-case ISO 3166-1 alpha-2 code "
+            f"unknown region code{shown}: expected an upper-case ISO 3166-1 alpha-2 code "
             "that phonenumbers supports (e.g. 'IR'), or None for international numbers only"
         )
 

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar, Self
 
+from contactmatch._json import load_json
 from contactmatch.errors import MalformedMessage
 
 __all__ = [
@@ -507,16 +508,24 @@ def decode(data: bytes, expect: type[Message] | None = None) -> Message:
 
 
 def decode_json(text: str | bytes, expect: type[Message] | None = None) -> Message:
-    """Decode the JSON form; same checks as :func:`decode`."""
-    try:
-        body = json.loads(text)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise MalformedMessage("message is not valid JSON") from exc
+    """Decode the JSON form; same checks as :func:`decode`.
+
+    The text goes through the strict loader (:func:`contactmatch._json.load_json`): deep
+    nesting, huge integers, lone surrogates and the like fail here, as MalformedMessage, not
+    later as a crash.
+
+    Raises:
+        MalformedMessage: for anything whatsoever that is not a valid message of ``expect``.
+    """
+    body = load_json(text, error=MalformedMessage)
     if not isinstance(body, dict):
         raise MalformedMessage("message must be a JSON object")
-    if body.get("v") != WIRE_VERSION:
+    version = body.get("v")
+    # type(): True == 1 and 1.0 == 1, but neither is the version number.
+    if type(version) is not int or version != WIRE_VERSION:
         raise MalformedMessage("unsupported wire version")
-    cls = _BY_NAME.get(str(body.get("type")))
+    name = body.get("type")
+    cls = _BY_NAME.get(name) if isinstance(name, str) else None
     if cls is None:
         raise MalformedMessage("unknown message type")
     if expect is not None and cls is not expect:
