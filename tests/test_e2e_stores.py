@@ -5,13 +5,13 @@ from __future__ import annotations
 import pytest
 
 from contactmatch import (
+    AuthenticationFailed,
     DataKey,
     DiscoveryClient,
     DiscoveryServer,
     Mode,
     ServerKey,
     ServiceSettings,
-    UnknownUser,
 )
 from contactmatch.server import HttpServer, ServerThread, SignedTokens, create_app
 from contactmatch.stores import BaseStore
@@ -50,10 +50,19 @@ def test_in_process(service: DiscoveryServer, scheme: str) -> None:
 
 def test_over_http(service: DiscoveryServer) -> None:
     tokens = SignedTokens.from_server_key(KEY)
-    with ServerThread(create_app(service, authenticate=tokens.verify)) as url:
+
+    def sms(user: str, e164: str, proof: str | None) -> bool:
+        return (user, e164, proof) == ("me", "+989357777777", "123456")
+
+    app = create_app(service, authenticate=tokens.verify, verify_number=sms)
+    with ServerThread(app) as url:
         me = HttpServer(url, tokens.issue("me"))
         try:
-            assert me.register("me", "0935 777 7777", region="IR") == "+989357777777"
+            with pytest.raises(AuthenticationFailed):  # 403: no proof of possession
+                me.register("me", "0935 777 7777", region="IR")
+            assert me.register("me", "0935 777 7777", region="IR", proof="123456") == (
+                "+989357777777"
+            )
             for scheme in ("oprf+filter", "oprf+bucket"):
                 assert me.sync(BOOK, scheme=scheme, region="IR").matches == EXPECTED
             me.set_discoverability("me", "nobody")
@@ -63,7 +72,7 @@ def test_over_http(service: DiscoveryServer) -> None:
             finally:
                 other.close()
             me.delete_account("me")
-            with pytest.raises(UnknownUser):
+            with pytest.raises(AuthenticationFailed):  # a deleted account's token is dead
                 me.delete_account("me")
         finally:
             me.close()

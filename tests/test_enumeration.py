@@ -36,6 +36,10 @@ CEILING_LIMITS = replace(
     LIMITS,
     global_evaluations=Quota(name="global-eval", capacity=CEILING, period=DAY),
     global_new_tokens=Quota(name="global-lookup", capacity=CEILING, period=DAY),
+    # The ceiling is the subject here: one account may hold a large share of it, and no
+    # reserve is held back for light accounts (tests/test_enumeration_holes.py covers that).
+    max_account_share=1.0,
+    reserve_share=0.0,
 )
 REGISTRY, PLAN, DAYS = 3_000, 300_000, 3
 
@@ -178,6 +182,8 @@ def _pair(stores: tuple[BaseStore, BaseStore]) -> tuple[DiscoveryServer, Discove
     a = DiscoveryServer(stores[0], key, data_key, settings=cfg, _clock=clock)
     a.register("scraper", "+989350000000")
     b = DiscoveryServer(stores[1], key, data_key, settings=cfg, _clock=clock)
+    if stores[1] is not stores[0] and not stores[1].get_users(["scraper"])[0]:
+        b.register("scraper", "+989350000000")  # separate stores: register there too
     return a, b
 
 

@@ -111,6 +111,7 @@ def serve(key: ServerKey, store_url: Callable[[], str]) -> Iterator[Serve]:
             max_body: int = 4 * 1024 * 1024,
             authenticate: Callable[[str], str] | None = None,
             verify_number: Callable[[str, str, str | None], bool] | None = None,
+            allow_unverified_numbers: bool = True,
         ) -> Served:
             store = open_store(store_url())
             stack.callback(store.close)
@@ -122,6 +123,7 @@ def serve(key: ServerKey, store_url: Callable[[], str]) -> Iterator[Serve]:
                 admin=admin,
                 max_body=max_body,
                 verify_number=verify_number,
+                allow_unverified_numbers=allow_unverified_numbers,
             )
             url = stack.enter_context(ServerThread(app))
             return Served(url=url, service=service, tokens=tokens, stack=stack)
@@ -197,7 +199,7 @@ def test_register_and_discover_filter_and_bucket(serve: Serve) -> None:
 
 def test_non_default_scheme(serve: Serve) -> None:
     s = serve(ServiceSettings(schemes=("oprf+filter", "oprf+bucket", "hmac+lookup")))
-    register_all(s, {"alice": ALICE})
+    register_all(s, {"alice": ALICE, "bob": BOB})
     bob = s.as_user("bob")
     assert "hmac+lookup" in bob.schemes()
     assert bob.sync([ALICE, CAROL], scheme="hmac+lookup").matches == {ALICE: "alice"}
@@ -253,7 +255,7 @@ class Recording(httpx.BaseTransport):
 
 def test_sync_uses_deltas_and_304(serve: Serve) -> None:
     s = serve()
-    register_all(s, {"alice": ALICE})
+    register_all(s, {"alice": ALICE, "dave": DAVE})
     rec = Recording()
     dave = s.stack.enter_context(HttpServer(s.url, s.tokens.issue("dave"), transport=rec))
 
@@ -301,20 +303,20 @@ def test_settings_hide_users_and_contacts_upload(serve: Serve) -> None:
     assert dave.sync([ALICE, CAROL]).matches == {ALICE: "alice", CAROL: "carol"}
     with pytest.raises(InvalidInput, match="discoverability"):
         carol.set_discoverability("carol", "friends")
-    with pytest.raises(UnknownUser):
+    with pytest.raises(AuthenticationFailed):  # a token without a live account
         s.as_user("ghost").set_discoverability("ghost", "nobody")
 
 
 def test_number_change_and_deletion(serve: Serve) -> None:
     s = serve()
-    register_all(s, {"alice": ALICE, "bob": BOB})
+    register_all(s, {"alice": ALICE, "bob": BOB, "dave": DAVE})
     dave = s.as_user("dave")
     alice = s.as_user("alice")
 
     assert alice.change_number("alice", CAROL) == CAROL
     assert dave.sync([ALICE, CAROL, BOB]).matches == {CAROL: "alice", BOB: "bob"}
-    with pytest.raises(UnknownUser):
-        dave.change_number("dave", DAVE)  # dave never registered
+    with pytest.raises(AuthenticationFailed):
+        s.as_user("erin").change_number("erin", STRANGER)  # erin never registered
     with pytest.raises(InvalidNumber) as exc:
         alice.change_number("alice", "12")
     assert exc.value.reason
@@ -324,13 +326,13 @@ def test_number_change_and_deletion(serve: Serve) -> None:
     assert result.matches == {CAROL: "alice"}
     assert result.unregistered == [BOB]
     assert dave.sync([CAROL, BOB]).matches == {CAROL: "alice"}
-    with pytest.raises(UnknownUser):
+    with pytest.raises(AuthenticationFailed):  # a deleted account's token is dead
         s.as_user("bob").delete_account("bob")
 
 
 def test_json_encoded_discovery(serve: Serve) -> None:
     s = serve()
-    register_all(s, {"alice": ALICE})
+    register_all(s, {"alice": ALICE, "dave": DAVE})
     raw = s.raw()
     headers = {
         "Authorization": f"Bearer {s.tokens.issue('dave')}",
@@ -422,7 +424,7 @@ def test_body_limits_and_malformed_bodies(serve: Serve) -> None:
 def test_rate_limited(serve: Serve) -> None:
     limits = RateLimits(requests=Quota(name="requests", capacity=2, period=3600))
     s = serve(ServiceSettings(limits=limits))
-    register_all(s, {"alice": ALICE})
+    register_all(s, {"alice": ALICE, "dave": DAVE})
     dave = s.as_user("dave")
     client = DiscoveryClient(dave.info("oprf+bucket"))
     send = lambda b: dave.discover("dave", b)  # noqa: E731
@@ -497,7 +499,7 @@ def test_openapi_covers_every_route(serve: Serve) -> None:
     s = serve()
     doc = s.raw().get("/openapi.json").json()
     assert doc["openapi"] == "3.1.0"
-    app = create_app(s.service, authenticate=s.tokens)
+    app = create_app(s.service, authenticate=s.tokens, allow_unverified_numbers=True)
     routes = {
         (r.path, m.lower())
         for r in app.routes
@@ -586,6 +588,12 @@ def test_unreachable_server_is_store_unavailable() -> None:
 # -- serving --------------------------------------------------------------------------------
 
 
+def sms_code_123456(user_id: str, e164: str, proof: str | None) -> bool:
+    """A verifier ``contactmatch serve --verify-number tests.test_http:sms_code_123456`` loads."""
+    del user_id, e164
+    return proof == "123456"
+
+
 def test_serve_command_wires_store_keys_and_tokens(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -596,7 +604,8 @@ def test_serve_command_wires_store_keys_and_tokens(
     add_serve_arguments(parser)
     args = parser.parse_args(
         ["--store", f"sqlite:///{tmp_path}/reg.db", "--key", str(key_path), "--region", "IR",
-         "--scheme", "oprf+bucket", "--port", "0"]
+         "--scheme", "oprf+bucket", "--port", "0",
+         "--verify-number", "tests.test_http:sms_code_123456"]
     )  # fmt: skip
     served: list[Any] = []
 
@@ -607,7 +616,10 @@ def test_serve_command_wires_store_keys_and_tokens(
             tokens = SignedTokens.from_server_key(key)
             with HttpServer(url, tokens.issue("alice")) as alice:
                 served.append(alice.schemes())
-                served.append(alice.register("alice", "0912 345 6789"))  # region IR applies
+                with pytest.raises(AuthenticationFailed):  # 403: no proof
+                    alice.register("alice", "0912 345 6789")
+                # region IR applies
+                served.append(alice.register("alice", "0912 345 6789", proof="123456"))
                 served.append(alice.sync([ALICE], scheme="oprf+bucket").matches)
 
     import uvicorn
@@ -765,3 +777,32 @@ def test_oversized_since_is_a_clean_400(serve: Serve) -> None:
     resp = s.raw().get("/v1/filter/oprf+filter", params={"since": "9" * 5000})
     assert resp.status_code == 400
     assert resp.json()["error"]["code"] == "invalid_input"
+
+
+def test_serve_without_a_verifier_serves_no_number_endpoints(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    key_path = tmp_path / "server.key"
+    ServerKey.generate(Mode.OPRF).save(key_path)
+    parser = argparse.ArgumentParser()
+    add_serve_arguments(parser)
+    statuses: list[int] = []
+
+    def fake_run(app: Any, **options: Any) -> None:
+        del options
+        with ServerThread(app) as url, httpx.Client(base_url=url) as http:
+            statuses.append(http.post("/v1/register", json={"number": ALICE}).status_code)
+
+    import uvicorn
+
+    monkeypatch.setattr(uvicorn, "run", fake_run)
+    base = ["--store", f"sqlite:///{tmp_path}/reg.db", "--key", str(key_path)]
+    assert serve_command(parser.parse_args(base)) == 0
+    assert "are not served" in capsys.readouterr().err
+    assert serve_command(parser.parse_args([*base, "--allow-unverified-numbers"])) == 0
+    assert "Development only" in capsys.readouterr().err
+    assert statuses == [404, 401]  # absent, then served (and the token is missing)
+    with pytest.raises(InvalidInput, match="MODULE:CALLABLE"):
+        serve_command(parser.parse_args([*base, "--verify-number", "nocolon"]))
+    with pytest.raises(InvalidInput, match="cannot import"):
+        serve_command(parser.parse_args([*base, "--verify-number", "no_such_mod_x:f"]))

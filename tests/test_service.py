@@ -173,6 +173,7 @@ def test_rate_limits_and_sizes(store: BaseStore) -> None:
     limits = RateLimits(
         evaluations=Quota(name="eval", capacity=100, period=100.0),
         max_items=150,
+        max_account_share=1.0,  # a 100 s period refills far past 1% of the daily ceiling
     )
     srv = DiscoveryServer(
         store, OPRF_KEY, DATA_KEY, settings=ServiceSettings(limits=limits), _clock=lambda: now[0]

@@ -19,6 +19,7 @@ Numbers never leave this module unmasked in anything printed.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import heapq
 import math
@@ -74,9 +75,9 @@ NATIONAL_PLAN = 10**9
 def scale_limits(limits: RateLimits, factor: float) -> RateLimits:
     """The same quotas with every number-counting capacity and ``max_items`` times ``factor``.
 
-    Periods stay, so per-day shapes are preserved; the request-count quota stays too, because
-    it counts requests, not numbers. Tests and quick audits use this to sweep a plan scaled by
-    the same factor in seconds rather than hours.
+    Periods stay, so per-day shapes are preserved; the request, write and registration quotas
+    stay too, because they count requests, not numbers. Tests and quick audits use this to
+    sweep a plan scaled by the same factor in seconds rather than hours.
 
     Raises:
         InvalidInput: ``factor`` is not positive.
@@ -87,13 +88,14 @@ def scale_limits(limits: RateLimits, factor: float) -> RateLimits:
     def s(q: Quota) -> Quota:
         return Quota(name=q.name, capacity=q.capacity * factor, period=q.period)
 
-    return RateLimits(
+    return dataclasses.replace(
+        limits,
         evaluations=s(limits.evaluations),
         new_tokens=s(limits.new_tokens),
         new_buckets=s(limits.new_buckets),
-        requests=limits.requests,
         global_evaluations=s(limits.global_evaluations),
         global_new_tokens=s(limits.global_new_tokens),
+        light_allowance=s(limits.light_allowance),
         max_items=max(1, round(limits.max_items * factor)),
     )
 
@@ -696,7 +698,12 @@ class _Syncer:
         return self.server.discover(_NORMAL_USER, request)
 
     def _charged(self) -> Counter[str]:
-        return Counter({q: c for (s, q), c in self.metered.charged.items() if s == _NORMAL_USER})
+        # Quotas are charged to the user's number (a keyed hash of its token), not its id.
+        rec = self.server.store.get_users([_NORMAL_USER])[0]
+        if rec is None:
+            return Counter()
+        subject = self.server.limiter.number_subject(rec.token)
+        return Counter({q: c for (s, q), c in self.metered.charged.items() if s == subject})
 
     def sync(self, day: int, book: Sequence[str], registry: dict[str, str]) -> SyncRow:
         srv, scheme = self.server, self.scheme

@@ -18,10 +18,12 @@ from contactmatch.errors import ContactMatchError, mask_number
 __all__ = ["main"]
 
 
-def _read_source(path: str) -> str:
+def _read_source(path: str) -> bytes:
+    # Bytes: read_contacts decodes them and refuses non-UTF-8 input with a typed error
+    # (read_text would raise a bare UnicodeDecodeError, i.e. a traceback).
     if path == "-":
-        return sys.stdin.read()
-    return Path(path).read_text(encoding="utf-8-sig")
+        return sys.stdin.buffer.read()
+    return Path(path).read_bytes()
 
 
 def _cmd_normalize(args: argparse.Namespace) -> int:
@@ -38,8 +40,11 @@ def _cmd_normalize(args: argparse.Namespace) -> int:
         seen.add(number)
         out.write(number + "\n")
     for index, reason in batch.rejected:
-        # Rejects go to stderr masked: they may be typos of real numbers.
-        sys.stderr.write(f"entry {index + 1}: {mask_number(raws[index])}: {reason}\n")
+        # Rejects go to stderr masked (digits only: a CSV line may hold a name too), as they
+        # may be typos of real numbers.
+        masked = mask_number(raws[index])
+        shown = f" ({masked})" if masked else ""
+        sys.stderr.write(f"entry {index + 1}{shown}: {reason}\n")
     accepted = len(raws) - len(batch.rejected)
     sys.stderr.write(
         f"{accepted} of {len(raws)} entries normalised, {len(batch.rejected)} rejected\n"
@@ -74,6 +79,16 @@ def _cmd_rotate(args: argparse.Namespace) -> int:
         f"rotated to key {new_key.key_id}: {report.rekeyed} rekeyed, {report.skipped} skipped, "
         f"{report.passes} passes, {report.contacts_purged} uploaded tokens purged\n"
     )
+    return 0
+
+
+def _cmd_vacuum(args: argparse.Namespace) -> int:
+    import json
+
+    from contactmatch.maintenance import vacuum
+
+    report = vacuum(args.store, seen_ttl=args.seen_ttl, keys_only=args.keys_only)
+    sys.stdout.write(json.dumps(report, sort_keys=True) + "\n")
     return 0
 
 
@@ -198,6 +213,29 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--new-key", required=True, help="the new OPRF key file")
     p.add_argument("--batch-size", type=int, default=1000, help="users per batch (1000)")
     p.set_defaults(handler=_cmd_rotate)
+
+    p = sub.add_parser(
+        "vacuum",
+        help="expire drained rate state and remove the residue of erased rows (scheduled)",
+        description="Drop quota state that no longer affects a decision and rewrite what a "
+        "store leaves behind after deletions (PostgreSQL: VACUUM FULL of the tables holding "
+        "personal data; SQLite: checkpoint and VACUUM). Run --keys-only hourly and the full "
+        "step daily; docs/storage.md (Erasure) states the deadline this gives. Prints JSON.",
+    )
+    p.add_argument("--store", required=True, help="store URL, e.g. postgresql://...")
+    p.add_argument(
+        "--keys-only",
+        action="store_true",
+        help="PostgreSQL: rewrite only the per-user key table (quick; makes residue undecryptable)",
+    )
+    p.add_argument(
+        "--seen-ttl",
+        type=float,
+        default=10 * 86_400.0,
+        metavar="SECONDS",
+        help="seen-set lifetime: the longest 'new items' quota period (default 864000)",
+    )
+    p.set_defaults(handler=_cmd_vacuum)
 
     p = sub.add_parser(
         "serve",

@@ -38,6 +38,7 @@ from contactmatch.errors import (
     UnknownKeyId,
     UnknownScheme,
     UnknownUser,
+    VerificationFailed,
 )
 from contactmatch.filters import BloomFilter, GolombFilter, is_delta, load_filter
 from contactmatch.keys import KeyRing, ServerKey
@@ -66,6 +67,7 @@ __all__ = [
     "DiscoveryClient",
     "DiscoveryResult",
     "DiscoveryServer",
+    "NumberVerifier",
     "ServiceSettings",
 ]
 
@@ -73,6 +75,11 @@ __all__ = [
 #: buckets for clients that do not hold the filter.
 DEFAULT_SCHEMES = ("oprf+filter", "oprf+bucket")
 _LOAD_BATCH = 10_000
+
+#: Proof that a user possesses a number: ``(user_id, e164, proof) -> bool``. It receives the
+#: normalised E.164 number that will be registered — never the raw input, which the verifier
+#: might normalise differently — and the client's ``proof`` (e.g. the SMS code it was sent).
+NumberVerifier = Callable[[str, str, str | None], bool]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -200,7 +207,8 @@ class DiscoveryServer:
         """Tokens of ``recs`` under token function ``token`` (stored, or from the number)."""
         if token == self.canonical:
             return [r.token for r in recs]
-        numbers = [self.data_key.decrypt(r.number_ct, r.user_id) for r in recs]
+        key = self.data_key
+        numbers = [key.open_number(r.number_ct, r.wrapped_key, r.user_id, r.token) for r in recs]
         return self._token_fns[token].tokens(numbers)
 
     def _index(self, recs: Sequence[UserRecord]) -> None:
@@ -350,12 +358,15 @@ class DiscoveryServer:
                     user_id=uid,
                     token=tok,
                     key_id=self.key_id,
-                    number_ct=self.data_key.encrypt(num, uid),
+                    # A fresh user key per registration, bound to this id and token.
+                    number_ct=sealed.number_ct,
+                    wrapped_key=sealed.wrapped_key,
                     discoverability=old.discoverability if old is not None else setting,
                     created_at=old.created_at if old is not None else now,
                     updated_at=now,
                 )
                 for uid, num, tok, old in zip(user_ids, numbers, tokens, existing, strict=True)
+                for sealed in (self.data_key.seal_number(num, uid, tok),)
             ]
             self.store.put_users(records)
             self._unindex(list(user_ids))
@@ -376,8 +387,81 @@ class DiscoveryServer:
             raise UnknownUser("no registered user has that id")
         return self.register(user_id, new_number, region=region, transfer=transfer)
 
+    def claim_number(
+        self,
+        user_id: str,
+        number: str,
+        proof: str | None,
+        verify: NumberVerifier | None,
+        *,
+        region: str | None = None,
+        discoverability: Discoverability | str | None = None,
+        existing: bool = False,
+    ) -> str:
+        """Register ``user_id`` with ``number``, or move it there, on behalf of a client.
+
+        This is the path for requests from clients (the HTTP API); :meth:`register` is the
+        backend's own, for numbers it has already verified. Every attempt is charged per
+        account, per target number and globally *before* anything else happens, and then
+        possession of the exact E.164 number that will be registered is checked with
+        ``verify(user_id, e164, proof)`` — so an unverified caller gets the same refusal
+        whether or not the number is registered, and cannot grind the verifier.
+
+        With ``verify`` None (a development server only), no possession is checked: a number
+        held by another account is refused with :class:`Conflict` instead of moved, which
+        answers "is this number registered?" — metered, but an oracle all the same.
+
+        Args:
+            user_id: the authenticated account.
+            number: the number as the client wrote it; normalised with ``region``.
+            proof: the client's proof of possession (e.g. the SMS code), for ``verify``.
+            verify: the messenger's possession check, given the normalised E.164 number.
+            region: default region for a number without a country code.
+            discoverability: setting of a new registration (an existing one keeps its own).
+            existing: the account must already be registered (a number change).
+
+        Raises:
+            InvalidNumber: the number is not a valid mobile number.
+            RateLimited: too many attempts by this account, on this number, or in all.
+            UnknownUser: ``existing`` and the account is not registered.
+            VerificationFailed: possession of the number was not proven.
+            Conflict: ``verify`` is None and another account holds the number.
+        """
+        e164 = normalize(number, region or self.settings.region)
+        setting = Discoverability(discoverability or Discoverability.EVERYONE)
+        token = self._token_fns[self.canonical].tokens([e164])[0]
+        self.limiter.registration(
+            self.limiter.account_subject(user_id), self.limiter.number_subject(token)
+        )
+        if existing:
+            self._account(user_id)
+        if verify is not None and verify(user_id, e164, proof) is not True:
+            self.store.incr_stats({"verifications_failed": 1})
+            raise VerificationFailed
+        self._register_numbers([user_id], [e164], setting, transfer=verify is not None)
+        return e164
+
+    def charge_write(self, user_id: str) -> None:
+        """Meter one client write (a setting change) against the account's number.
+
+        Raises:
+            UnknownUser: the account is not registered.
+            RateLimited: the account's write quota is exhausted.
+        """
+        self.limiter.write(self.limiter.number_subject(self._account(user_id).token))
+
+    def expire_rate_state(self) -> int:
+        """Drop drained quota buckets and seen-set entries past their lifetime; returns how
+        many. Rate state outlives an account by at most one quota period: run this (the HTTP
+        server does, hourly; so does ``contactmatch vacuum``) so that bound holds."""
+        return self.limiter.expire()
+
     def delete_account(self, user_id: str) -> None:
-        """Erase the user everywhere: registration, number, uploads, rate state, filters.
+        """Erase the user everywhere: registration, number, uploads.
+
+        The quota state of the user's number is not erased: it is keyed by a keyed hash of
+        the number, not by the account, and disappears once drained (at most one quota
+        period), so that deleting and re-registering cannot reset a quota.
 
         Raises:
             UnknownUser: the user is not registered.
@@ -416,10 +500,27 @@ class DiscoveryServer:
         """The filter of a filter scheme, whole or as a delta from version ``since``."""
         return self._scheme(scheme or self.schemes[0]).published_filter(since)
 
+    def _account(self, user_id: str) -> UserRecord:
+        """The live registration of ``user_id``; discovery and writes need one."""
+        rec = self.store.get_users([user_id])[0]
+        if rec is None:
+            raise UnknownUser("no registered user has that id")
+        return rec
+
+    def is_registered(self, user_id: str) -> bool:
+        """Whether ``user_id`` has a live registration (a bearer token of a deleted account
+        authenticates nothing but a new, verified registration)."""
+        return self.store.get_users([user_id])[0] is not None
+
     def discover(self, requester_id: str, request: bytes) -> bytes:
-        """Answer one discovery request of an authenticated user.
+        """Answer one discovery request of an authenticated, registered user.
+
+        Quotas are charged to the requester's *number* (a keyed hash of its token), before
+        any element is validated: deleting the account and registering the number again
+        inherits what was spent, and invalid elements cost as much as valid ones.
 
         Raises:
+            UnknownUser: the requester has no live registration.
             MalformedMessage: the request does not decode or breaks a size limit.
             RateLimited: a quota is exhausted (``retry_after`` says when to come back).
             UnknownScheme: the request is for a scheme this server does not serve.
@@ -432,15 +533,17 @@ class DiscoveryServer:
             if not isinstance(msg, EvalRequest | LookupRequest | BucketRequest):
                 raise MalformedMessage(f"{msg.NAME} is not a discovery request")
             srv = self._scheme(msg.scheme)
-            self.limiter.request(requester_id)
+            me = self._account(requester_id)
+            subject = self.limiter.number_subject(me.token)
+            self.limiter.request(subject)
             if isinstance(msg, EvalRequest):
-                self.limiter.evaluations(requester_id, len(msg.elements))
+                self.limiter.evaluations(subject, len(msg.elements))
                 stats["evaluated"] = len(msg.elements)
             elif isinstance(msg, LookupRequest):
-                self.limiter.new_tokens(requester_id, msg.tokens)
+                self.limiter.new_tokens(subject, msg.tokens)
                 stats["looked_up"] = len(msg.tokens)
             else:
-                self.limiter.new_buckets(requester_id, msg.bits, msg.prefixes)
+                self.limiter.new_buckets(subject, msg.bits, msg.prefixes)
                 stats["buckets"] = len(set(msg.prefixes))
             answer = srv.handle_message(msg)
             if isinstance(answer, LookupResponse):
@@ -449,7 +552,7 @@ class DiscoveryServer:
             # entries (three store reads) go with that round only; a filter discovery can end
             # after its evaluation round (no filter hits), so it gets them on every round.
             last_round = not isinstance(msg, EvalRequest) or srv.scheme.method == "filter"
-            fps, sealed = self._personal(requester_id, srv) if last_round else ([], [])
+            fps, sealed = self._personal(me, srv) if last_round else ([], [])
             return ServiceResponse(
                 inner=answer.encode(),
                 filter_version=srv.filter_version,
@@ -465,10 +568,10 @@ class DiscoveryServer:
         finally:
             self.store.incr_stats(stats)
 
-    def _personal(self, requester_id: str, srv: SchemeServer) -> tuple[list[bytes], list[bytes]]:
+    def _personal(self, me: UserRecord, srv: SchemeServer) -> tuple[list[bytes], list[bytes]]:
         """Entries of *contacts-only* users who hold the requester in their uploaded book."""
-        me = self.store.get_users([requester_id])[0]
-        if me is None or me.key_id != self.key_id:
+        requester_id = me.user_id
+        if me.key_id != self.key_id:
             return [], []
         owners = self.store.contact_owners([me.token])[0]
         recs = [
@@ -499,8 +602,7 @@ class DiscoveryServer:
         if msg.key_id != self.key_id:
             raise UnknownKeyId("uploaded tokens are under another key; refresh and retry")
         self.limiter.check_size(len(msg.tokens))
-        if self.store.get_users([owner_id])[0] is None:
-            raise UnknownUser("no registered user has that id")
+        self.limiter.write(self.limiter.number_subject(self._account(owner_id).token))
         tokens = list(dict.fromkeys(msg.tokens))
         self.store.replace_contacts(owner_id, tokens, msg.key_id)
         self.store.incr_stats({"contact_uploads": 1})

@@ -6,6 +6,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from contactmatch._json import load_json
 from contactmatch.errors import MalformedMessage, UnknownScheme
 from contactmatch.schemes.leakage import Leakage, compose
 from contactmatch.schemes.tokens import TOKEN_TRAITS
@@ -74,7 +75,8 @@ class ServerInfo:
     @classmethod
     def decode(cls, data: bytes | str) -> ServerInfo:
         try:
-            d = json.loads(data)
+            # The strict loader: a hostile server's deep or huge JSON is a clean error here.
+            d = load_json(data, error=MalformedMessage)
             info = cls(
                 scheme=str(d["scheme"]),
                 key_id=str(d["key_id"]),

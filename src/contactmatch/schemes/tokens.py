@@ -14,7 +14,7 @@ import hmac as _hmac
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NoReturn
 
 from contactmatch.errors import MalformedMessage, UnknownKeyId, VerificationFailed
 from contactmatch.schemes.leakage import TokenTraits
@@ -176,6 +176,10 @@ class HmacServerTokens(ServerTokens):
 
     def __repr__(self) -> str:
         return f"HmacServerTokens(key_id={self._key_id!r})"
+
+    def __reduce__(self) -> NoReturn:
+        # It holds the raw HMAC key: pickles end up in caches, queues and crash dumps.
+        raise TypeError("HmacServerTokens holds a key and cannot be pickled")
 
     @property
     def key_id(self) -> str:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -27,8 +26,9 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from contactmatch._json import load_json
 from contactmatch._version import __version__
-from contactmatch.errors import AuthenticationFailed, InvalidInput
+from contactmatch.errors import AuthenticationFailed, InvalidInput, UnknownUser, VerificationFailed
 from contactmatch.filters import peek_version
 from contactmatch.schemes.wire import ContactsUpload, decode, decode_json
 from contactmatch.server._codes import (
@@ -95,9 +95,13 @@ _ACCOUNT = {
 _DISC = {"type": "string", "enum": [d.value for d in Discoverability]}
 _PROOF = {
     "type": "string",
-    "description": "proof of possession (e.g. an SMS code) for the server's number verifier; "
-    "needed to move a number from another account",
+    "description": "proof of possession of the number (e.g. the SMS code the messenger sent), "
+    "checked by the server's number verifier against the normalised E.164 number; needed for "
+    "every registration and number change",
 }
+#: Endpoints that put a number on an account: mounted only with a number verifier (or the
+#: explicit development flag), because without one they answer "is this number registered?".
+NUMBER_ENDPOINTS = frozenset({"register", "number"})
 
 ENDPOINTS: tuple[_Endpoint, ...] = (
     _Endpoint(
@@ -147,9 +151,9 @@ ENDPOINTS: tuple[_Endpoint, ...] = (
         method="POST",
         handler="contacts",
         auth="user",
-        summary="Opt-in upload of the caller's contact tokens (wire ContactsUpload)",
+        summary="Opt-in upload of the caller's contact tokens (wire ContactsUpload; metered)",
         body=(BINARY, JSON),
-        errors=(400, 401, 403, 404, 409, 413, 415),
+        errors=(400, 401, 403, 409, 413, 415, 429),
         extra={"kept": {"type": "integer"}},
     ),
     _Endpoint(
@@ -157,11 +161,11 @@ ENDPOINTS: tuple[_Endpoint, ...] = (
         method="POST",
         handler="register",
         auth="user",
-        summary="Register the token's user with a number (the token comes from the "
-        "messenger's SMS verification)",
+        summary="Register the token's user with a number it proves to possess (metered per "
+        "account, per number and globally)",
         body=(JSON,),
         body_doc="register",
-        errors=(400, 401, 403, 409, 413),
+        errors=(400, 401, 403, 409, 413, 429),
         extra={"user_id": {"type": "string"}, "number": {"type": "string"}},
     ),
     _Endpoint(
@@ -169,10 +173,10 @@ ENDPOINTS: tuple[_Endpoint, ...] = (
         method="PUT",
         handler="number",
         auth="user",
-        summary="Move the caller's account to a new number",
+        summary="Move the caller's account to a new number it proves to possess (metered)",
         body=(JSON,),
         body_doc="number",
-        errors=(400, 401, 403, 404, 409, 413),
+        errors=(400, 401, 403, 409, 413, 429),
         extra={"user_id": {"type": "string"}, "number": {"type": "string"}},
     ),
     _Endpoint(
@@ -180,10 +184,10 @@ ENDPOINTS: tuple[_Endpoint, ...] = (
         method="PUT",
         handler="settings",
         auth="user",
-        summary="Who may discover the caller: everyone, contacts or nobody",
+        summary="Who may discover the caller: everyone, contacts or nobody (metered)",
         body=(JSON,),
         body_doc="settings",
-        errors=(400, 401, 403, 404, 413),
+        errors=(400, 401, 403, 413, 429),
         extra={"discoverability": _DISC},
     ),
     _Endpoint(
@@ -191,9 +195,9 @@ ENDPOINTS: tuple[_Endpoint, ...] = (
         method="DELETE",
         handler="account",
         auth="user",
-        summary="Erase the caller everywhere",
+        summary="Erase the caller everywhere (never metered: erasure is always possible)",
         ok=(204, "", "deleted"),
-        errors=(401, 403, 404),
+        errors=(401, 403),
     ),
     _Endpoint(
         path="/v1/stats",
@@ -232,11 +236,13 @@ _BODIES: dict[str, dict[str, Any]] = {
 _STATUS_TEXT = {
     304: "the filter named by If-None-Match is current",
     400: "malformed_message, invalid_input, invalid_number or verification_failed",
-    401: "authentication_failed: missing, forged or expired bearer token",
-    403: "forbidden: the token names another user, or no admin authenticator",
+    401: "authentication_failed: missing, forged or expired bearer token, or its account is "
+    "not registered (deleted)",
+    403: "forbidden: possession of the number was not proven, the token names another user, "
+    "or no admin authenticator",
     404: "unknown_scheme or unknown_user",
-    409: "unknown_key_id (refresh /v1/info and retry) or conflict (the number belongs to "
-    "another account and possession was not verified)",
+    409: "unknown_key_id (refresh /v1/info and retry) or conflict (development servers "
+    "without a number verifier only: the number belongs to another account)",
     413: "payload_too_large",
     415: "unsupported_media_type",
     429: "rate_limited: see Retry-After",
@@ -244,7 +250,7 @@ _STATUS_TEXT = {
 }
 
 
-def _openapi(endpoints: tuple[_Endpoint, ...]) -> dict[str, Any]:
+def _openapi(endpoints: tuple[_Endpoint, ...] | list[_Endpoint]) -> dict[str, Any]:
     """Build the OpenAPI 3.1 document from the route table."""
     error_ref = {"$ref": "#/components/schemas/Error"}
     paths: dict[str, dict[str, Any]] = {}
@@ -378,11 +384,13 @@ async def _read_body(request: Request, limit: int) -> bytes:
 def _json_object(
     body: bytes, required: Mapping[str, type], optional: Mapping[str, type]
 ) -> dict[str, Any]:
-    """Parse a small JSON object with known fields of known types."""
-    try:
-        obj = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        raise InvalidInput("body is not valid JSON") from None
+    """Parse a small JSON object with known fields of known types.
+
+    The strict loader (the one the wire's JSON form uses too) turns every hostile body (deep
+    nesting, huge integers, lone surrogates, NaN, repeated keys) into InvalidInput, so each
+    one is a 400, never a 500.
+    """
+    obj = load_json(body)
     if not isinstance(obj, dict):
         raise InvalidInput("body must be a JSON object")
     if set(obj) - set(required) - set(optional):
@@ -455,7 +463,9 @@ class _Api:
         authenticate: Authenticator,
         admin: Authenticator | None,
         max_body: int,
+        *,
         verify_number: NumberVerifier | None = None,
+        endpoints: tuple[_Endpoint, ...] | list[_Endpoint] = ENDPOINTS,
     ) -> None:
         self.server = server
         self.verify_number = verify_number
@@ -463,7 +473,7 @@ class _Api:
         self.admin = admin
         self.max_body = max_body
         self.max_json = min(max_body, MAX_JSON_BODY)
-        self.document = _openapi(ENDPOINTS)
+        self.document = _openapi(endpoints)
 
     async def _user(self, request: Request, authenticate: Authenticator | None = None) -> str:
         """Authenticate the bearer token; check the optional user header against it."""
@@ -475,6 +485,15 @@ class _Api:
         if claimed is not None and unquote(claimed) != user:
             raise ApiError(403, "forbidden", "the token authenticates another user")
         return user
+
+    @staticmethod
+    async def _as_caller(fn: Callable[[], Any]) -> Any:
+        """Run a server call on behalf of the caller's own account: if the account does not
+        exist (never registered, or deleted), its token authenticates nothing here (401)."""
+        try:
+            return await run_in_threadpool(fn)
+        except UnknownUser:
+            raise AuthenticationFailed("the token's account is not registered") from None
 
     async def schemes(self, _request: Request) -> Response:
         return JSONResponse({"schemes": self.server.schemes})
@@ -522,7 +541,7 @@ class _Api:
             answer = self.server.discover(user, wire)
             return decode(answer).to_json().encode() if media == JSON else answer
 
-        out = await run_in_threadpool(work)
+        out = await self._as_caller(work)
         return Response(out, media_type=media, headers={"Cache-Control": "no-store"})
 
     async def contacts(self, request: Request) -> Response:
@@ -534,73 +553,58 @@ class _Api:
             wire = decode_json(body, ContactsUpload).encode() if media == JSON else body
             return self.server.upload_contacts(user, wire)
 
-        kept = await run_in_threadpool(work)
+        kept = await self._as_caller(work)
         return JSONResponse({"kept": kept})
 
-    async def _verified(self, user: str, obj: Mapping[str, Any]) -> bool:
-        """Whether the request proved possession of its number (then it may move the number
-        from another account); with no verifier configured it never does."""
-        if self.verify_number is None:
-            return False
-        proof = obj.get("proof")
-        ok = await run_in_threadpool(self.verify_number, user, obj["number"], proof)
-        if not ok:
-            raise ApiError(403, "forbidden", "possession of the number was not verified")
-        return True
+    async def _claim(self, request: Request, *, existing: bool) -> Response:
+        """Register or move the caller's number: metered, then possession of the normalised
+        number proven (see :meth:`DiscoveryServer.claim_number`)."""
+        user = await self._user(request)
+        optional: dict[str, type] = {"region": str, "proof": str}
+        if not existing:
+            optional["discoverability"] = str
+        obj = _json_object(await _read_body(request, self.max_json), {"number": str}, optional)
+        raw = obj.get("discoverability")
+        setting = None if raw is None else _setting(raw)
+        call = partial(
+            self.server.claim_number,
+            user,
+            obj["number"],
+            obj.get("proof"),
+            self.verify_number,
+            region=obj.get("region"),
+            discoverability=setting,
+            existing=existing,
+        )
+        try:
+            e164 = await self._as_caller(call)
+        except VerificationFailed:
+            raise ApiError(403, "forbidden", "possession of the number was not proven") from None
+        return JSONResponse(
+            {"user_id": user, "number": e164}, headers={"Cache-Control": "no-store"}
+        )
 
     async def register(self, request: Request) -> Response:
-        user = await self._user(request)
-        obj = _json_object(
-            await _read_body(request, self.max_json),
-            {"number": str},
-            {"region": str, "discoverability": str, "proof": str},
-        )
-        raw = obj.get("discoverability")
-        setting = _setting(Discoverability.EVERYONE.value if raw is None else raw)
-        transfer = await self._verified(user, obj)
-        e164 = await run_in_threadpool(
-            partial(
-                self.server.register,
-                user,
-                obj["number"],
-                region=obj.get("region"),
-                discoverability=setting,
-                transfer=transfer,
-            )
-        )
-        return JSONResponse(
-            {"user_id": user, "number": e164}, headers={"Cache-Control": "no-store"}
-        )
+        return await self._claim(request, existing=False)
 
     async def number(self, request: Request) -> Response:
-        user = await self._user(request)
-        obj = _json_object(
-            await _read_body(request, self.max_json), {"number": str}, {"region": str, "proof": str}
-        )
-        transfer = await self._verified(user, obj)
-        e164 = await run_in_threadpool(
-            partial(
-                self.server.change_number,
-                user,
-                obj["number"],
-                region=obj.get("region"),
-                transfer=transfer,
-            )
-        )
-        return JSONResponse(
-            {"user_id": user, "number": e164}, headers={"Cache-Control": "no-store"}
-        )
+        return await self._claim(request, existing=True)
 
     async def settings(self, request: Request) -> Response:
         user = await self._user(request)
         obj = _json_object(await _read_body(request, self.max_json), {"discoverability": str}, {})
         setting = _setting(obj["discoverability"])
-        await run_in_threadpool(self.server.set_discoverability, user, setting)
+
+        def work() -> None:
+            self.server.charge_write(user)
+            self.server.set_discoverability(user, setting)
+
+        await self._as_caller(work)
         return JSONResponse({"discoverability": setting.value})
 
     async def account(self, request: Request) -> Response:
         user = await self._user(request)
-        await run_in_threadpool(self.server.delete_account, user)
+        await self._as_caller(partial(self.server.delete_account, user))
         return Response(status_code=204)
 
     async def stats(self, request: Request) -> Response:
@@ -621,46 +625,74 @@ def create_app(
     admin: Authenticator | None = None,
     refresh_every: float = 0.0,
     verify_number: NumberVerifier | None = None,
+    allow_unverified_numbers: bool = False,
+    expire_every: float = 3600.0,
 ) -> Starlette:
     """Build the ASGI app serving ``server`` over HTTP.
 
     Args:
         server: the discovery service the endpoints call.
         authenticate: maps a bearer token to a user id, raising AuthenticationFailed; in a
-            messenger, the token comes from its own login (SMS verification).
+            messenger, the token comes from its own login.
         max_body: largest request body in bytes (discovery and upload requests).
         admin: authenticates operators for ``/v1/stats``; without it the endpoint is 403.
-        verify_number: proves a user possesses a number (the messenger's SMS check, given
-            the request's optional ``proof``); only then may registering move a number from
-            another account. Without it a number another account holds is refused (409).
+        verify_number: ``(user_id, e164, proof) -> bool``, the messenger's proof of
+            possession (its SMS check), given the normalised E.164 number the server will
+            register and the request's ``proof``. Every registration and number change needs
+            it to return True; an unverified caller gets the same 403 whether or not the
+            number is registered.
+        allow_unverified_numbers: **development only**: without ``verify_number``, mount the
+            number endpoints anyway (they then refuse numbers other accounts hold with 409,
+            which tells any caller that the number is registered). Logged as a warning.
+            Without a verifier and without this flag, ``/v1/register`` and ``/v1/number``
+            are not served at all (404).
         refresh_every: seconds between :meth:`DiscoveryServer.refresh` calls in the
             background, so several server processes sharing one store see each other's
             registrations and deletions; 0 (the default) for a single process.
+        expire_every: seconds between background sweeps of drained quota state
+            (:meth:`DiscoveryServer.expire_rate_state`), which bound how long rate state
+            outlives an account; 0 turns them off (run ``contactmatch vacuum`` instead).
 
     Returns:
         A Starlette application (run it with uvicorn, or :class:`ServerThread` in tests).
 
     Raises:
-        InvalidInput: ``max_body`` is not positive.
+        InvalidInput: ``max_body`` is not positive, or an interval is negative.
     """
     if max_body <= 0:
         raise InvalidInput("max_body must be positive")
-    api = _Api(server, authenticate, admin, max_body, verify_number)
+    if refresh_every < 0 or expire_every < 0:
+        raise InvalidInput("refresh_every and expire_every must not be negative")
+    numbers = verify_number is not None or allow_unverified_numbers
+    if verify_number is None and allow_unverified_numbers:
+        logger.warning(
+            "DEVELOPMENT MODE: /v1/register and /v1/number are served WITHOUT proof of "
+            "possession; they answer whether a number is registered (an enumeration oracle, "
+            "metered) and let any token claim any free number. Never expose this server."
+        )
+    endpoints = [ep for ep in ENDPOINTS if numbers or ep.handler not in NUMBER_ENDPOINTS]
+    api = _Api(
+        server, authenticate, admin, max_body, verify_number=verify_number, endpoints=endpoints
+    )
     routes = [
         Route(ep.path, _guard(getattr(api, ep.handler), ep.path), methods=[ep.method])
-        for ep in ENDPOINTS
+        for ep in endpoints
     ]
-    if refresh_every < 0:
-        raise InvalidInput("refresh_every must not be negative")
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         del app
-        task = asyncio.create_task(_refresher(server, refresh_every)) if refresh_every else None
+        tasks = []
+        if refresh_every:
+            tasks.append(asyncio.create_task(_every(server.refresh, refresh_every, "refresh")))
+        if expire_every:
+            tasks.append(
+                asyncio.create_task(_every(server.expire_rate_state, expire_every, "expiry"))
+            )
         try:
             yield
         finally:
-            if task is not None:
+            for task in tasks:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
@@ -670,12 +702,12 @@ def create_app(
     )
 
 
-async def _refresher(server: DiscoveryServer, every: float) -> None:
-    """Re-sync the in-memory index with the shared store, off the event loop."""
+async def _every(job: Callable[[], object], every: float, what: str) -> None:
+    """Run ``job`` off the event loop every ``every`` seconds until cancelled."""
     while True:
         await asyncio.sleep(every)
         try:
-            await run_in_threadpool(server.refresh)
+            await run_in_threadpool(job)
         except Exception as exc:  # a store hiccup must not kill the loop; the next round retries
             # Only the type: a driver message could quote a row.
-            logger.error("background refresh failed: %s", type(exc).__name__)  # noqa: TRY400
+            logger.error("background %s failed: %s", what, type(exc).__name__)  # noqa: TRY400

@@ -9,33 +9,35 @@ server key (:meth:`SignedTokens.from_server_key`), so no extra key file is neede
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
 import hmac
+import math
+import re
 import time
 from collections.abc import Callable
+from typing import NoReturn
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from contactmatch.errors import AuthenticationFailed, InvalidInput, InvalidKey
 from contactmatch.keys import ServerKey
+from contactmatch.service import NumberVerifier
 
 __all__ = ["Authenticator", "NumberVerifier", "SignedTokens", "derive_token_secret"]
 
 #: Maps a bearer token to the user id it authenticates; raises AuthenticationFailed otherwise.
 Authenticator = Callable[[str], str]
-#: Proof that a user possesses a number: ``(user_id, number, proof) -> bool``, where ``proof``
-#: is the optional ``"proof"`` field of the request (an SMS code the messenger sent). Without
-#: one, the HTTP API registers only numbers no other account holds: it never moves a number
-#: away from its account on a bearer token alone.
-NumberVerifier = Callable[[str, str, str | None], bool]
 
 _TOKEN_LABEL = b"contactmatch/http-token/v1"
 _MIN_SECRET = 16
 # User ids are short opaque strings; a longer "id" in a token is an attack, not a user.
 _MAX_USER_ID = 255
 _MAX_TOKEN = 512
+_B64URL = re.compile(r"[A-Za-z0-9_-]+")
+# Canonical decimal seconds: no sign, leading zero, space or "_" (all of which int() takes).
+_EXPIRY = re.compile(r"0|[1-9][0-9]{0,15}")
+_MAX_EXPIRY = 10**16
 
 
 def derive_token_secret(key: ServerKey, label: bytes = _TOKEN_LABEL) -> bytes:
@@ -54,11 +56,26 @@ def derive_token_secret(key: ServerKey, label: bytes = _TOKEN_LABEL) -> bytes:
 
 
 def _b64e(raw: bytes) -> str:
+    """Unpadded base64url: the one spelling of ``raw`` that :func:`_b64d` accepts."""
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
 
 
 def _b64d(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    """Decode unpadded base64url strictly: only the exact output of :func:`_b64e` decodes.
+
+    The lenient decoder takes padding, skips characters outside the alphabet and ignores the
+    unused low bits of the last character, so several strings meant the same bytes and one
+    token had many spellings that all authenticated. Re-encoding and comparing leaves one.
+
+    Raises:
+        AuthenticationFailed: ``text`` is not the canonical encoding of any bytes.
+    """
+    if not _B64URL.fullmatch(text) or len(text) % 4 == 1:
+        raise AuthenticationFailed("invalid token")
+    raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    if _b64e(raw) != text:  # the unused bits of the last character were not zero
+        raise AuthenticationFailed("invalid token")
+    return raw
 
 
 class SignedTokens:
@@ -102,6 +119,11 @@ class SignedTokens:
     def __repr__(self) -> str:
         return f"<SignedTokens ttl={self.ttl:g}s>"
 
+    def __reduce__(self) -> NoReturn:
+        # Like ServerKey: pickles end up in caches, queues and crash dumps, and this one would
+        # carry the signing secret (copy.copy and copy.deepcopy go through here too).
+        raise TypeError("SignedTokens holds a signing secret and cannot be pickled or copied")
+
     def _sign(self, payload: bytes) -> bytes:
         return hmac.digest(self._secret, _TOKEN_LABEL + b"\x00" + payload, hashlib.sha256)
 
@@ -113,12 +135,20 @@ class SignedTokens:
             ttl: lifetime in seconds; the instance's ``ttl`` when omitted.
 
         Raises:
-            InvalidInput: the user id is empty or longer than 255 bytes.
+            InvalidInput: the user id is empty or longer than 255 bytes, or the expiry is
+                not a time :meth:`verify` accepts.
         """
-        raw = user_id.encode("utf-8") if isinstance(user_id, str) else b""
+        try:
+            raw = user_id.encode("utf-8") if isinstance(user_id, str) else b""
+        except UnicodeEncodeError:  # a lone surrogate
+            raw = b""
         if not 0 < len(raw) <= _MAX_USER_ID:
             raise InvalidInput("a user id must be 1..255 bytes of UTF-8")
-        expiry = int(self._clock() + (self.ttl if ttl is None else ttl))
+        deadline = self._clock() + (self.ttl if ttl is None else float(ttl))
+        if not (math.isfinite(deadline) and deadline < _MAX_EXPIRY):
+            raise InvalidInput("token ttl is out of range")
+        # A negative ttl issues an already expired token (tests); 0 is the earliest expiry.
+        expiry = max(0, int(deadline))
         payload = f"{_b64e(raw)}.{expiry}".encode("ascii")
         return f"{payload.decode('ascii')}.{_b64e(self._sign(payload))}"
 
@@ -137,20 +167,22 @@ class SignedTokens:
         ):
             raise AuthenticationFailed("invalid token")
         user_part, expiry_part, sig_part = token.split(".")
-        try:
-            sig = _b64d(sig_part)
-        except (binascii.Error, ValueError):
-            raise AuthenticationFailed("invalid token") from None
+        # Every part must be spelled exactly as issue() spells it, so a token has one form:
+        # the signature part is the attack surface (its spellings are not signed), the other
+        # two are signed and checked anyway.
+        if not _EXPIRY.fullmatch(expiry_part):
+            raise AuthenticationFailed("invalid token")
+        sig = _b64d(sig_part)
         expected = self._sign(f"{user_part}.{expiry_part}".encode("ascii"))
         if not hmac.compare_digest(sig, expected):
             raise AuthenticationFailed("invalid token")
         # The signature is good, so these parts are ours: decoding cannot fail on them
         # unless the secret leaked; stay opaque anyway.
         try:
-            expiry = int(expiry_part)
             user_id = _b64d(user_part).decode("utf-8")
-        except (binascii.Error, ValueError):
+        except UnicodeDecodeError:
             raise AuthenticationFailed("invalid token") from None
+        expiry = int(expiry_part)
         if self._clock() >= expiry:
             raise AuthenticationFailed("token expired")
         return user_id

@@ -21,6 +21,7 @@ from urllib.parse import quote
 
 import httpx
 
+from contactmatch._json import load_json
 from contactmatch.errors import (
     AuthenticationFailed,
     InvalidInput,
@@ -131,9 +132,9 @@ class HttpServer:
 
     def _json(self, resp: httpx.Response) -> Any:
         try:
-            return resp.json()
-        except ValueError:
-            raise MalformedMessage("the server's answer is not JSON") from None
+            return load_json(resp.content, error=MalformedMessage)
+        except MalformedMessage:
+            raise MalformedMessage("the server's answer is not (acceptable) JSON") from None
 
     # -- what DiscoveryServer offers --------------------------------------------------------
     def schemes(self) -> list[str]:

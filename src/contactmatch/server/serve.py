@@ -10,11 +10,12 @@ import argparse
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, cast
 
-from contactmatch.errors import InvalidKey
+from contactmatch.errors import InvalidInput, InvalidKey
 
 if TYPE_CHECKING:
     import uvicorn
@@ -28,6 +29,7 @@ __all__ = [
     "ServerThread",
     "add_serve_arguments",
     "build_server",
+    "load_callable",
     "load_or_create_data_key",
     "run",
     "serve_command",
@@ -57,6 +59,31 @@ def load_or_create_data_key(path: str | Path) -> DataKey:
                 "apart from the database: without it the stored numbers cannot be read\n"
             )
     return DataKey.load(p)
+
+
+def load_callable(spec: str) -> Callable[..., object]:
+    """Import ``module:attribute`` (dots allowed in both parts), e.g. a number verifier.
+
+    Raises:
+        InvalidInput: the spec is malformed, the module or attribute is missing, or the
+            attribute is not callable.
+    """
+    import importlib
+
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise InvalidInput("expected MODULE:CALLABLE, e.g. mymessenger.sms:verify_number")
+    try:
+        obj: object = importlib.import_module(module_name)
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+    except ImportError as exc:
+        raise InvalidInput(f"cannot import {module_name!r} ({type(exc).__name__})") from None
+    except AttributeError:
+        raise InvalidInput(f"{module_name!r} has no attribute {attr!r}") from None
+    if not callable(obj):
+        raise InvalidInput(f"{spec!r} is not callable")
+    return obj
 
 
 def build_server(
@@ -107,6 +134,7 @@ def run(
     admin: Authenticator | None = None,
     refresh_every: float = 0.0,
     verify_number: NumberVerifier | None = None,
+    allow_unverified_numbers: bool = False,
 ) -> None:
     """Serve the HTTP API with uvicorn until interrupted.
 
@@ -122,8 +150,10 @@ def run(
         authenticate: bearer token -> user id; by default :class:`SignedTokens` keyed from
             the server key (a demo default: a messenger passes its own session check).
         admin: authenticator for ``/v1/stats``; without it that endpoint answers 403.
-        verify_number: proves possession of a number (the messenger's SMS check); without
-            it, registering never moves a number from another account.
+        verify_number: proves possession of a number (the messenger's SMS check), given the
+            normalised E.164 number; without it the number endpoints are not served.
+        allow_unverified_numbers: development only: serve the number endpoints without a
+            verifier (logged loudly; see :func:`~contactmatch.server.app.create_app`).
         refresh_every: seconds between background re-syncs of the index with the store
             (for several server processes on one store); 0 for a single process.
     """
@@ -142,7 +172,13 @@ def run(
             admin=admin,
             refresh_every=refresh_every,
             verify_number=verify_number,
+            allow_unverified_numbers=allow_unverified_numbers,
         )
+        if verify_number is None and not allow_unverified_numbers:
+            sys.stderr.write(
+                "contactmatch: no --verify-number given: /v1/register and /v1/number are not "
+                "served (register users from the backend, or pass a verifier)\n"
+            )
         # The lifespan runs the background refresh task.
         uvicorn.run(app, host=host, port=port, lifespan="on", ws="none", server_header=False)
     finally:
@@ -203,6 +239,20 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         help="re-sync the index with the store this often, for several server processes "
         "sharing one store (default 0: off, a single process)",
     )
+    parser.add_argument(
+        "--verify-number",
+        default=None,
+        metavar="MODULE:CALLABLE",
+        help="the messenger's proof-of-possession check, called as "
+        "f(user_id, e164, proof) -> bool for every registration and number change (e.g. "
+        "mymessenger.sms:verify_code); without it /v1/register and /v1/number are not served",
+    )
+    parser.add_argument(
+        "--allow-unverified-numbers",
+        action="store_true",
+        help="DEVELOPMENT ONLY: serve /v1/register and /v1/number without a verifier; they "
+        "then reveal whether a number is registered. Logged as a warning",
+    )
 
 
 def serve_command(args: argparse.Namespace) -> int:
@@ -217,6 +267,14 @@ def serve_command(args: argparse.Namespace) -> int:
         verifiable = ServerKey.load(args.key).mode is Mode.VOPRF
         schemes = tuple("v" + s if verifiable else s for s in DEFAULT_SCHEMES)
     settings = ServiceSettings(schemes=schemes, region=args.region)
+    verifier = (
+        cast("NumberVerifier", load_callable(args.verify_number)) if args.verify_number else None
+    )
+    if args.allow_unverified_numbers:
+        sys.stderr.write(
+            "contactmatch: WARNING: --allow-unverified-numbers: registration needs no proof "
+            "of possession and answers whether a number is registered. Development only.\n"
+        )
     run(
         args.store,
         args.key,
@@ -227,6 +285,8 @@ def serve_command(args: argparse.Namespace) -> int:
         max_body=args.max_body,
         token_ttl=args.token_ttl,
         refresh_every=args.refresh_every,
+        verify_number=verifier,
+        allow_unverified_numbers=args.allow_unverified_numbers,
     )
     return 0
 
