@@ -2,9 +2,22 @@
 
 For every adapter the same registrations are loaded twice into fresh namespaces, once through
 ``put_users`` and once through the driver alone doing the same writes (plain dict inserts,
-``executemany``, binary ``COPY``, a non-transactional pipeline), in alternating order. Inputs
-are built before timing for both sides (tuples for the driver, ``UserRecord`` for the adapter,
-which validates on construction). Goal: adapter >= 0.8x the bare driver's rows/s.
+``executemany``, binary ``COPY``, a non-transactional pipeline), in alternating order. Both
+sides write the same tables: the users, their wrapped keys, the change feed (one entry per
+user, numbered from the head counter) and the key census. Inputs are built before timing for
+both sides (tuples for the driver, ``UserRecord`` for the adapter, which validates on
+construction). Goal: adapter >= 0.8x the bare driver's rows/s.
+
+Two more reports from the same run:
+
+* ``bench_store_bytes``: bytes per registered user of a SQLite file and a PostgreSQL schema at
+  each ``--bytes-rows`` size, with realistic records (64-byte OPRF tokens, number ciphertexts
+  and wrapped per-user keys made by ``atrest.DataKey.seal_number``, 16-character key ids,
+  10-character user ids), right after loading (the feed holds one entry per user) and after
+  the feed is compacted and the file/tables rewritten; per table and index, and per column.
+* ``bench_feed_cost``: PostgreSQL and SQLite registration throughput with the change feed
+  (and, PostgreSQL, its commit-order serialisation and the census triggers) against the same
+  adapter with them switched off: bulk batches, and single-user registrations from 4 threads.
 """
 
 from __future__ import annotations
@@ -22,8 +35,9 @@ from pathlib import Path
 from typing import Any
 
 from _common import Report, best_of, parse_args, progress
+from _store_sizes import feed_cost, postgres_bytes, realistic_records, sqlite_bytes
 from contactmatch.stores import Discoverability, UserRecord, open_store
-from contactmatch.stores.base import BaseStore
+from contactmatch.stores.base import BaseStore, census_deltas
 
 PG_BASE = "postgresql://postgres@127.0.0.1:5432/test"
 REDIS_BASE = "redis://127.0.0.1:6379/0"
@@ -134,13 +148,21 @@ class Side:
     def _bare_memory(
         self, batches: Sequence[Sequence[Row]], advance: Callable[[int], None]
     ) -> None:
-        # The same structures MemoryStore keeps: users and the token index.
+        # The same structures MemoryStore keeps: users, the token index, the feed, the census.
         users: dict[str, Row] = {}
         by_token: dict[bytes, str] = {}
+        feed: list[tuple[int, str, int]] = []
+        census: dict[tuple[int, str], int] = {}
+        head = 0
         for batch in batches:
             for row in batch:
                 users[row[0]] = row
                 by_token[row[1]] = row[0]
+            at = int(time.time())
+            feed.extend((head + i, row[0], at) for i, row in enumerate(batch, 1))
+            head += len(batch)
+            for k, n in census_deltas((r[2], r[7]) for r in batch).items():
+                census[k] = census.get(k, 0) + n
             advance(len(batch))
         self.state["by_token"] = by_token
 
@@ -148,12 +170,33 @@ class Side:
         self, batches: Sequence[Sequence[Row]], advance: Callable[[int], None]
     ) -> None:
         conn = self.state["conn"]
+        conn.execute("INSERT OR IGNORE INTO key_ids (key_id) VALUES ('k1')")
+        code = conn.execute("SELECT code FROM key_ids WHERE key_id = 'k1'").fetchone()[0]
         for batch in batches:
             conn.execute("BEGIN IMMEDIATE")
             conn.executemany(
-                "INSERT INTO users VALUES (?, ?, ?, ?, ?, ?, ?)", [r[:7] for r in batch]
+                "INSERT INTO users (user_id, token, kid, number_ct, disc, created_at, "
+                "updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (r[0], r[1], code, r[3], r[4], r[5], None if r[6] == r[5] else r[6])
+                    for r in batch
+                ],
             )
             conn.executemany("INSERT INTO user_keys VALUES (?, ?)", [(r[0], r[7]) for r in batch])
+            conn.executemany(
+                "INSERT INTO key_census VALUES (?, ?, ?) "
+                "ON CONFLICT (kind, key_id) DO UPDATE SET n = n + excluded.n",
+                [(k, i, n) for (k, i), n in census_deltas((r[2], r[7]) for r in batch).items()],
+            )
+            head = conn.execute(
+                "UPDATE meta SET value = value + ? WHERE name = 'feed_head' RETURNING value",
+                (len(batch),),
+            ).fetchone()[0] - len(batch)
+            at = int(time.time())
+            conn.executemany(
+                "INSERT INTO feed VALUES (?, ?, ?)",
+                [(head + i, r[0], at) for i, r in enumerate(batch, 1)],
+            )
             conn.execute("COMMIT")
             advance(len(batch))
 
@@ -161,18 +204,38 @@ class Side:
         self, batches: Sequence[Sequence[Row]], advance: Callable[[int], None]
     ) -> None:
         conn = self.state["conn"]
-        cols = "user_id, token, key_id, number_ct, disc, created_at, updated_at"
-        types = ["text", "bytea", "text", "bytea", "int2", "float8", "float8"]
+        cols = "user_id, token, kid, number_ct, disc, created_at, updated_at"
+        types = ["text", "bytea", "int2", "bytea", "int2", "float8", "float8"]
+        conn.execute("INSERT INTO key_ids (key_id) VALUES ('k1') ON CONFLICT DO NOTHING")
+        code = conn.execute("SELECT code FROM key_ids WHERE key_id = 'k1'").fetchone()[0]
+        conn.commit()
         for batch in batches:
             with conn.transaction(), conn.cursor() as cur:
                 with cur.copy(f"COPY users ({cols}) FROM STDIN (FORMAT BINARY)") as cp:
                     cp.set_types(types)
-                    for row in batch:
-                        cp.write_row(row[:7])
+                    for r in batch:
+                        cp.write_row((*r[:2], code, *r[3:6], None if r[6] == r[5] else r[6]))
                 with cur.copy("COPY user_keys (user_id, wrapped) FROM STDIN (FORMAT BINARY)") as cp:
                     cp.set_types(["text", "bytea"])
                     for row in batch:
                         cp.write_row((row[0], row[7]))
+                cur.execute(
+                    "UPDATE feed_state SET value = value + %s WHERE name = 'head' RETURNING value",
+                    (len(batch),),
+                )
+                head = cur.fetchone()[0] - len(batch)
+                cur.execute(
+                    "INSERT INTO feed (seq, at, user_id) SELECT %s + o, %s, u "
+                    "FROM unnest(%s::text[]) WITH ORDINALITY AS t(u, o)",
+                    (head, int(time.time()), [r[0] for r in batch]),
+                )
+                census = census_deltas((r[2], r[7]) for r in batch)
+                cur.execute(
+                    "INSERT INTO key_census SELECT * FROM unnest(%s::int2[], %s::text[], "
+                    "%s::int8[]) ON CONFLICT (kind, key_id) DO UPDATE "
+                    "SET n = key_census.n + excluded.n",
+                    ([k for k, _ in census], [i for _, i in census], list(census.values())),
+                )
             advance(len(batch))
 
     def _bare_redis(self, batches: Sequence[Sequence[Row]], advance: Callable[[int], None]) -> None:
@@ -181,6 +244,11 @@ class Side:
         g = "{" + p + ":g}"
         for batch in batches:
             pipe = r.pipeline(transaction=False)
+            head = r.incrby(g + ":seq", len(batch)) - len(batch)
+            at = int(time.time())
+            pipe.rpush(g + ":feed", *(f"{head + i}|{at}|{b[0]}" for i, b in enumerate(batch, 1)))
+            for (kind, kid), n in census_deltas((b[2], b[7]) for b in batch).items():
+                pipe.hincrby(g + ":census", f"{kind}:{kid}", n)
             for uid, tok, kid, ct, disc, cat, uat, wk in batch:
                 hexed = tok.hex()
                 uk = "{" + p + ":u:" + uid + "}"
@@ -327,9 +395,13 @@ def main() -> int:
         lookups=(int, 1_000, "tokens per lookup call"),
         repeat=(int, 2, "loads per side; the best is kept"),
         backends=(str, "memory,sqlite,postgres,redis", "comma-separated adapters"),
+        bytes_rows=(str, "100000,1000000", "sizes for store bytes per user ('' to skip)"),
+        cost_rows=(int, 100_000, "registrations per feed-cost load (0 to skip)"),
+        cost_singles=(int, 2_000, "single-user registrations per feed-cost run"),
     )
     if args.quick:
         args.rows, args.batch, args.repeat = 5_000, 1_000, 1
+        args.bytes_rows, args.cost_rows, args.cost_singles = "2000", 2_000, 200
     report = Report("bench_stores", args)
     report.params = {"rows": args.rows, "batch": args.batch, "repeat": args.repeat}
     ci = os.environ.get("CI", "").lower() == "true"
@@ -371,7 +443,61 @@ def main() -> int:
         ax.set_yscale("log")
         ax.legend()
 
-    return report.finish(plot)
+    status = report.finish(plot)
+    with tempfile.TemporaryDirectory(prefix="bench_stores_") as tmp:
+        status |= store_bytes(args, ci, Path(tmp))
+        status |= feed_costs(args, ci, Path(tmp))
+    return status
+
+
+def store_bytes(args: Any, ci: bool, workdir: Path) -> int:
+    """The ``bench_store_bytes`` report: SQLite file and PostgreSQL schema bytes per user."""
+    sizes = [int(x) for x in args.bytes_rows.split(",") if x]
+    if not sizes:
+        return 0
+    report = Report("bench_store_bytes", args)
+    report.params = {"sizes": args.bytes_rows}
+    pg = reachable(*SERVICES["postgres"]) or ci
+    for n in sizes:
+        records = realistic_records(n)
+        rows = sqlite_bytes(records, workdir) + (postgres_bytes(records) if pg else [])
+        for row in rows:
+            columns = row.pop("columns")
+            report.row(**row)
+            if row["phase"].startswith("feed compacted"):
+                report.note(f"{row['store']}, {n:,} users, stored bytes per column: {columns}.")
+        del records
+    if not pg:
+        report.note("postgres: skipped, server unreachable")
+    report.note(
+        "bytes/user = file size (SQLite, WAL checkpointed) or the sum of every relation of the "
+        "schema incl. TOAST (PostgreSQL), divided by the users; the other columns split it by "
+        "table and index. Records: 64-byte tokens, DataKey.seal_number ciphertexts and wrapped "
+        "keys, 16-character key ids, 10-character user ids in random order, batches of 10,000."
+    )
+    return report.finish()
+
+
+def feed_costs(args: Any, ci: bool, workdir: Path) -> int:
+    """The ``bench_feed_cost`` report: writers with and without the change feed."""
+    if not args.cost_rows:
+        return 0
+    report = Report("bench_feed_cost", args)
+    report.params = {"rows": args.cost_rows, "singles": args.cost_singles, "repeat": args.repeat}
+    records = realistic_records(args.cost_rows, seed=5)
+    backends = ["sqlite"] + (["postgres"] if reachable(*SERVICES["postgres"]) or ci else [])
+    for backend in backends:
+        for row in feed_cost(backend, records, args.cost_singles, max(args.repeat, 1), workdir):
+            report.row(**row)
+    report.note(
+        "shipped = feed entries numbered in commit order (SQLite: under its one writer lock; "
+        "PostgreSQL: the head counter's row lock, taken last and held to commit) + key census "
+        "(counted from the rows written and replaced, moved in the same transaction). "
+        "'no feed' drops the feed append on the same handle; 'no feed, no census' also the "
+        "census. Single-user calls: 4 threads, one put_users call (one transaction) per user. "
+        "Best of the repeats, alternating order."
+    )
+    return report.finish()
 
 
 if __name__ == "__main__":

@@ -92,7 +92,7 @@ def test_random_bytes_never_crash(junk: bytes) -> None:
 def test_random_bodies_after_a_valid_header_never_crash(body: bytes) -> None:
     for t in range(8):
         with contextlib.suppress(MalformedMessage):
-            decode(b"CMW\x01" + bytes([t]) + body)
+            decode(b"CMW\x02" + bytes([t]) + body)
 
 
 @given(st.recursive(st.none() | st.booleans() | st.integers() | st.text(), st.lists, max_leaves=8))
@@ -108,14 +108,14 @@ def test_expect_restricts_type() -> None:
     with pytest.raises(MalformedMessage, match="expected"):
         decode(raw, EvalRequest)
     with pytest.raises(MalformedMessage, match="version"):
-        decode(b"CMW\x02" + raw[4:])
+        decode(b"CMW\x09" + raw[4:])  # an unknown wire version
 
 
 def test_declared_sizes_bound_allocation() -> None:
     # A header claiming a million 65535-byte items in a tiny message is refused up front.
     body = b"\x01s" + b"\x00\x0f\x42\x40" + b"\xff\xff"
     with pytest.raises(MalformedMessage, match="truncated"):
-        decode(b"CMW\x01\x01" + body)
+        decode(b"CMW\x02\x01" + body)
 
 
 @pytest.mark.parametrize(
@@ -138,7 +138,7 @@ def test_invalid_fields_refuse_to_encode(bad) -> None:  # type: ignore[no-untype
 
 def test_limits_are_sane() -> None:
     assert wire.MAX_ITEMS >= 100_000
-    assert wire.WIRE_VERSION == 1
+    assert wire.WIRE_VERSION == 2
 
 
 def test_json_versions_beyond_a_byte() -> None:
@@ -147,7 +147,7 @@ def test_json_versions_beyond_a_byte() -> None:
     msg = ServiceResponse(inner=b"x", filter_version=70_000, fingerprints=[], sealed=[])
     assert decode_json(msg.to_json()) == msg
     bad = json.loads(msg.to_json())
-    bad["filter_version"] = 1 << 32
+    bad["filter_version"] = 1 << 53
     with pytest.raises(MalformedMessage):
         decode_json(json.dumps(bad))
 

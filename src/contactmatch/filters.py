@@ -162,7 +162,8 @@ class _Versioned:
         _, _, kind, reserved, since, to, target, n1, n2, extra = fields
         if kind != self.KIND or reserved != 0 or not isinstance(target, bytes):
             raise MalformedMessage("delta is for another kind of filter")
-        if len(payload) != 8 * (n1 + n2) or to < since:
+        # No order between ``since`` and ``to``: a server may name versions by content.
+        if len(payload) != 8 * (n1 + n2):
             raise MalformedMessage("delta length does not match its header")
         if since != self.version:
             raise InvalidInput("delta starts at a different version than this filter")
@@ -384,6 +385,35 @@ class GolombFilter(_Versioned):
         net_add = np.repeat(uniq, np.maximum(net, 0))
         net_rem = np.repeat(uniq, np.maximum(-net, 0))
         return self._frame_delta(since_version, net_add, net_rem, 0)
+
+    @classmethod
+    def encoded_only(cls, data: bytes) -> GolombFilter:
+        """A filter that keeps only its serialised form (a publisher's cache): it answers
+        :meth:`to_bytes`, :attr:`checksum` and :meth:`delta_from`, not membership queries.
+
+        Raises:
+            MalformedMessage: ``data`` is not a whole Golomb filter.
+        """
+        fields, payload = _unseal(data, _GCS_MAGIC, _GCS_HEAD)
+        _, _, _k, _reserved, version, _n, bound, salt, _unary = fields
+        key_id, _ = _take_label(payload)
+        out = cls(bound=bound, salt=salt, version=version, key_id=key_id)
+        out._encoded = (out.version, bytes(data))
+        return out
+
+    def delta_from(self, since_version: int, added: U64, removed: U64) -> bytes:
+        """A patch from ``since_version`` whose net change the caller knows (a server that
+        keeps its history outside the filter, e.g. as feed positions); the client proves it
+        landed on this filter by its checksum.
+
+        Args:
+            since_version: the version the client holds.
+            added: filter values (already scaled to this filter's bound) to add.
+            removed: filter values to remove.
+        """
+        return self._frame_delta(
+            since_version, np.asarray(added, np.uint64), np.asarray(removed, np.uint64), 0
+        )
 
     def apply_delta(self, data: bytes) -> None:
         """Apply a server patch; afterwards this filter equals the server's, checksum-proved.

@@ -18,10 +18,12 @@ steady state: re-syncs), and two on a first sync with a keyed scheme (evaluate, 
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives import hashes
@@ -33,6 +35,7 @@ from contactmatch.errors import (
     Conflict,
     ContactMatchError,
     InvalidInput,
+    InvalidKey,
     MalformedMessage,
     RateLimited,
     UnknownKeyId,
@@ -45,6 +48,7 @@ from contactmatch.keys import KeyRing, ServerKey
 from contactmatch.oprf import Mode
 from contactmatch.phone import normalize, normalize_many
 from contactmatch.ratelimit import RateLimiter, RateLimits
+from contactmatch.registry.follower import RegistryFollower
 from contactmatch.schemes.base import ServerInfo, get_scheme
 from contactmatch.schemes.client import SchemeClient
 from contactmatch.schemes.factory import make_client_tokens, make_server_tokens
@@ -74,7 +78,7 @@ __all__ = [
 #: The flows a backend serves by default: OPRF with a client-side filter, or with k-anonymity
 #: buckets for clients that do not hold the filter.
 DEFAULT_SCHEMES = ("oprf+filter", "oprf+bucket")
-_LOAD_BATCH = 10_000
+_log = logging.getLogger("contactmatch.service")
 
 #: Proof that a user possesses a number: ``(user_id, e164, proof) -> bool``. It receives the
 #: normalised E.164 number that will be registered — never the raw input, which the verifier
@@ -148,6 +152,8 @@ class DiscoveryServer:
         data_key: DataKey,
         *,
         settings: ServiceSettings | None = None,
+        snapshot_dir: str | Path | None = None,
+        allow_foreign_keys: bool = False,
         _clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
@@ -171,9 +177,21 @@ class DiscoveryServer:
                 )
             if s.token not in self._token_fns:
                 self._token_fns[s.token] = make_server_tokens(s.token, self.keys.current)
+        self._check_keys(allow_foreign_keys)
+        self._follower = RegistryFollower(
+            store,
+            canonical=self.canonical,
+            token_fns=self._token_fns,
+            key_id=self.key_id,
+            numbers_of=self._numbers_of,
+            snapshot_dir=snapshot_dir,
+        )
+        for name in names:
+            s = get_scheme(name)
             self._schemes[name] = SchemeServer(
                 s,
                 self._token_fns[s.token],
+                registry=self._follower.registries[s.token],
                 anonymity=self.settings.anonymity,
                 filter_fpr=self.settings.filter_fpr,
             )
@@ -183,7 +201,8 @@ class DiscoveryServer:
             _derive(self.keys.current, b"contactmatch/seen-set/v1"),
             _clock,
         )
-        self._load()
+        #: Where the registries came from at start-up: ``"snapshot"`` or ``"store"``.
+        self.started_from = self._follower.start()
 
     def __repr__(self) -> str:
         return f"<DiscoveryServer schemes={list(self._schemes)} key_id={self.key_id}>"
@@ -203,71 +222,69 @@ class DiscoveryServer:
         except KeyError:
             raise UnknownScheme(f"this server does not serve {name[:40]!r}") from None
 
+    def _numbers_of(self, recs: Sequence[UserRecord]) -> list[str]:
+        key = self.data_key
+        return [key.open_number(r.number_ct, r.wrapped_key, r.user_id, r.token) for r in recs]
+
     def _tokens_for(self, token: str, recs: Sequence[UserRecord]) -> list[bytes]:
         """Tokens of ``recs`` under token function ``token`` (stored, or from the number)."""
         if token == self.canonical:
             return [r.token for r in recs]
-        key = self.data_key
-        numbers = [key.open_number(r.number_ct, r.wrapped_key, r.user_id, r.token) for r in recs]
-        return self._token_fns[token].tokens(numbers)
+        return self._token_fns[token].tokens(self._numbers_of(recs))
 
-    def _index(self, recs: Sequence[UserRecord]) -> None:
-        """Make ``recs`` discoverable by everyone in every served scheme."""
-        if not recs:
+    def _check_keys(self, allow_foreign: bool) -> None:
+        """Refuse to serve a store whose users this server cannot serve or decrypt.
+
+        Users under an OPRF key id the ring does not hold are invisible to discovery; users
+        whose numbers are wrapped under a data key this server does not hold cannot be
+        rotated or served by research schemes. Both are counted, logged, and refused unless
+        ``allow_foreign`` (e.g. during a staged rotation).
+        """
+        census = self.store.key_census()
+        held = set(self.keys.key_ids)
+        foreign = {k: n for k, n in census.oprf.items() if n and k not in held}
+        data_held = set(self.data_key.key_ids)
+        foreign_data = {k: n for k, n in census.data.items() if n and k not in data_held}
+        problems = []
+        if foreign:
+            problems.append(
+                f"{sum(foreign.values())} users are registered under OPRF key id(s) "
+                f"{', '.join(sorted(foreign))}, which this server does not hold (it holds "
+                f"{', '.join(sorted(held))})"
+            )
+        if foreign_data:
+            problems.append(
+                f"{sum(foreign_data.values())} users' numbers are under data key id(s) "
+                f"{', '.join(sorted(foreign_data))}, which this server does not hold (it holds "
+                f"{', '.join(sorted(data_held))})"
+            )
+        if not problems:
             return
-        cache: dict[str, list[bytes]] = {}
-        uids = [r.user_id for r in recs]
-        for srv in self._schemes.values():
-            token = srv.scheme.token
-            if token not in cache:
-                cache[token] = self._tokens_for(token, recs)
-            srv.add_tokens(uids, cache[token])
-
-    def _unindex(self, user_ids: Sequence[str]) -> None:
-        for srv in self._schemes.values():
-            srv.unregister(user_ids)
-
-    def _discoverable(self) -> Iterable[list[UserRecord]]:
-        """The store's users discoverable by everyone under the current key, in batches."""
-        after: str | None = None
-        current = self.key_id
-        while True:
-            batch = self.store.scan_users(after, _LOAD_BATCH)
-            if not batch:
-                return
-            after = batch[-1].user_id
-            yield [
-                r
-                for r in batch
-                if r.discoverability is Discoverability.EVERYONE and r.key_id == current
-            ]
-
-    def _load(self) -> None:
-        """Index the store's discoverable users (those under the current key)."""
-        for batch in self._discoverable():
-            self._index(batch)
+        message = "; ".join(problems)
+        _log.warning("key mismatch: %s", message)
+        if not allow_foreign:
+            raise InvalidKey(message + " (pass allow_foreign_keys=True to serve anyway)")
 
     def refresh(self) -> tuple[int, int]:
-        """Bring the in-memory index up to date with the store; returns (added, removed).
+        """Bring the registries up to date with the store; returns (upserted, removed) users.
 
-        Several server processes can share one store: each indexes the store at start-up and
-        then sees only its own changes, so a deployment calls this periodically (the HTTP
-        server can run it in the background) to pick up registrations, deletions and setting
-        changes made through the other processes. It scans the store once and applies only
-        the differences, so published filters change by small deltas.
+        Several server processes share one store: each reads only the store's change feed
+        since its last position, so a refresh costs in proportion to the changes made since
+        (by any process), not to the registry. A deployment calls this periodically (the HTTP
+        server runs it in the background with ``refresh_every``); the process's own writes
+        are applied at once.
         """
-        with self._lock:
-            wanted: dict[str, UserRecord] = {}
-            for batch in self._discoverable():
-                wanted.update((r.user_id, r) for r in batch)
-            first = next(iter(self._schemes.values()))
-            table = first.table
-            have = table.users()
-            stale = [u for u in have if u not in wanted]
-            fresh = [r for uid, r in wanted.items() if table.token_of(uid) != r.token]
-            self._unindex(stale + [r.user_id for r in fresh])
-            self._index(fresh)
-            return len(fresh), len(stale)
+        return self._follower.refresh()
+
+    def save_snapshot(self) -> Path | None:
+        """Write the registry snapshot (for fast start-up of the next process); None when
+        the server has no snapshot directory."""
+        return self._follower.save_snapshot()
+
+    @property
+    def feed_position(self) -> int:
+        """The store feed position the registries reflect."""
+        return self._follower.seq
 
     # -- account lifecycle ------------------------------------------------------------------
     def register(
@@ -352,7 +369,6 @@ class DiscoveryServer:
                 raise Conflict("the number belongs to another account; verify it to transfer")
             for uid in moved:  # device transfer: the old account loses the number for good
                 self.store.delete_account(uid)
-            self._unindex(moved)
             records = [
                 UserRecord(
                     user_id=uid,
@@ -368,9 +384,10 @@ class DiscoveryServer:
                 for uid, num, tok, old in zip(user_ids, numbers, tokens, existing, strict=True)
                 for sealed in (self.data_key.seal_number(num, uid, tok),)
             ]
+            self._follower.refresh()  # catch up first, so our own write can be taken in
+            before = self.store.feed_head()
             self.store.put_users(records)
-            self._unindex(list(user_ids))
-            self._index([r for r in records if r.discoverability is Discoverability.EVERYONE])
+            self._follower.wrote(records, before)
             self.store.incr_stats({"registrations": len(records), "transfers": len(moved)})
 
     def change_number(
@@ -468,7 +485,7 @@ class DiscoveryServer:
         """
         with self._lock:
             self.store.delete_account(user_id)
-            self._unindex([user_id])
+            self._follower.refresh()
             self.store.incr_stats({"deletions": 1})
 
     def set_discoverability(self, user_id: str, setting: Discoverability | str) -> None:
@@ -482,9 +499,7 @@ class DiscoveryServer:
             if rec is None:
                 raise UnknownUser("no registered user has that id")
             self.store.set_discoverability({user_id: value}, float(self._clock()))
-            self._unindex([user_id])
-            if value is Discoverability.EVERYONE and rec.key_id == self.key_id:
-                self._index([rec])
+            self._follower.refresh()
 
     # -- discovery --------------------------------------------------------------------------
     def info(self, scheme: str | None = None) -> bytes:

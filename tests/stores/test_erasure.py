@@ -7,7 +7,10 @@ included. The needles are first shown to be present, so a dump that sees nothing
 
 The one value derived from a deleted user that a store keeps on purpose is their
 number-keyed rate state (a subject like ``n:<hash>``, its buckets and seen set): it survives
-the account so that the number inherits its quotas, and goes once it has expired.
+the account so that the number inherits its quotas, and goes once it has expired. The change
+feed keeps the deleted user's id (never a token, number or ciphertext) until it is compacted,
+so that every server process learns of the deletion; the tests compact it the documented way
+(``compact_feed`` or the vacuum step) and then find nothing.
 """
 
 from __future__ import annotations
@@ -37,7 +40,8 @@ SCRUB_DEADLINE = SCRUB_MAX_INTERVAL + 4.0
 def dump(store: BaseStore) -> bytes:
     """Everything the store holds, as bytes to search."""
     if store.name == "memory":
-        return pickle.dumps({k: v for k, v in vars(store).items() if k != "_lock"})
+        state = {k: v for k, v in vars(store).items() if k not in ("_lock", "_clock")}
+        return pickle.dumps(state)
     if store.name == "sqlite":
         path = Path(store.path)  # type: ignore[attr-defined]
         wal = path.with_name(path.name + "-wal")
@@ -78,6 +82,8 @@ def dump(store: BaseStore) -> bytes:
                 out += list(r.smembers(key))
             elif kind == b"zset":
                 out += [m for m, _ in r.zrange(key, 0, -1, withscores=True)]
+            elif kind == b"list":
+                out += list(r.lrange(key, 0, -1))
             elif kind == b"none":
                 pass  # expired between SCAN and TYPE (a drained bucket)
             else:
@@ -121,6 +127,11 @@ def eventually_clean(read: Callable[[], bytes], ns: dict[str, bytes], within: fl
         time.sleep(0.02)
 
 
+def compact_everything(store: BaseStore) -> int:
+    """The compaction a deployment runs once no process needs the entries (here: all)."""
+    return store.compact_feed(before_seq=store.feed_head() + 1)
+
+
 def _victim_setup(store: BaseStore) -> tuple[UserRecord, dict[str, bytes]]:
     store.put_users([user(i) for i in range(300)])
     victim = user(VICTIM)
@@ -138,7 +149,14 @@ def _victim_setup(store: BaseStore) -> tuple[UserRecord, dict[str, bytes]]:
 
 def test_delete_account_leaves_no_residue(store: BaseStore) -> None:
     victim, ns = _victim_setup(store)
+    store.set_discoverability({victim.user_id: Discoverability.NOBODY}, now=2.0)
     store.delete_account(victim.user_id)
+    # the feed names the deleted user (so other processes drop them), and nothing else of them
+    page = store.changes(0, 1_000)
+    assert page.entries[-1] == (store.feed_head(), victim.user_id)
+    assert [u for _, u in page.entries].count(victim.user_id) == 3
+    eventually_clean(lambda: dump(store), {k: v for k, v in ns.items() if k != "user id"}, 1.0)
+    assert compact_everything(store) == 302
     # SQLite: the WAL is truncated in the background, off the request path
     eventually_clean(lambda: dump(store), ns, SCRUB_DEADLINE)
     # the neighbours are intact
@@ -154,6 +172,7 @@ def test_the_number_keyed_rate_state_is_all_that_is_left_and_it_expires(store: B
     store.take(subj, "lookup", 10, capacity=10, refill_per_s=100, now=t)
     store.add_seen(subj, [b"seen-fp-1", b"seen-fp-2"], now=t)
     store.delete_account(victim.user_id)
+    compact_everything(store)
     eventually_clean(lambda: dump(store), ns, SCRUB_DEADLINE)
     assert subj.encode() in dump(store)  # kept on purpose: the number inherits its quotas
     time.sleep(0.3)
@@ -164,17 +183,28 @@ def test_the_number_keyed_rate_state_is_all_that_is_left_and_it_expires(store: B
 
 
 def test_the_vacuum_step_leaves_no_residue(store_url: str, store: BaseStore) -> None:
+    store._clock = lambda: 1.0  # feed entries stamped at t=1
     victim, ns = _victim_setup(store)
     subj = subject(VICTIM)
     store.add_seen(subj, [b"seen-fp-1"], now=1.0)
+    store._clock = lambda: 2.0 * 86_400  # a day later
     store.delete_account(victim.user_id)
-    report = vacuum(store_url, now=1.0 + 11 * 86_400, seen_ttl=10 * 86_400)
+    store.put_users([user(1_000)])
+    # the default retention (24 h before now) keeps the deletion's entry ...
+    report = vacuum(store_url, now=2.5 * 86_400, seen_ttl=10 * 86_400)
     if store.name == "memory":  # memory://: vacuum opens (and cleans) a store of its own
-        assert report == {"rate_state_expired": 0}
-    else:
-        assert report["rate_state_expired"] == 1
-        assert _found(dump(store), {**ns, "subject": subj.encode()}) == []
-    assert store.count_users() == 299
+        assert report == {"rate_state_expired": 0, "feed_compacted": 0}
+        return
+    assert report["feed_compacted"] == 300
+    assert _found(dump(store), ns) == ["user id"]
+    # ... and the next day's run takes it, with the expired rate state
+    report = vacuum(store_url, now=1.0 + 11 * 86_400, seen_ttl=10 * 86_400)
+    assert report["rate_state_expired"] == 1
+    assert report["feed_compacted"] == 2
+    assert _found(dump(store), {**ns, "subject": subj.encode()}) == []
+    assert store.changes(0, 10).complete is False
+    assert store.changes(store.feed_head(), 10).complete is True
+    assert store.count_users() == 300
 
 
 # PostgreSQL: raw pages ------------------------------------------------------------------------
@@ -239,6 +269,7 @@ def _sealed_users(dk: DataKey, n: int) -> list[UserRecord]:
 def test_postgres_pages_hold_no_byte_after_the_vacuum_step(
     store_url: str, store: BaseStore
 ) -> None:
+    store._clock = lambda: 1.0  # older than the feed's retention
     dk = DataKey.generate("dk1")
     users = _sealed_users(dk, 300)
     store.put_users(users)
@@ -258,8 +289,11 @@ def test_postgres_pages_hold_no_byte_after_the_vacuum_step(
     assert {"token", "ciphertext", "wrapped key", "user id", "uploaded contact token"} <= set(
         present
     )
+    # ... and so do the compacted feed entries that named the victim
+    assert _found(raw_pages(store, "feed"), {"user id": ns["user id"]}) == ["user id"]
     report = vacuum(store_url)
-    assert report["tables_rewritten"] == 6
+    assert report["tables_rewritten"] == 7
+    assert report["feed_compacted"] == 302
     assert _found(raw_pages(store), ns) == []
     # the neighbours are intact and still open
     assert store.count_users() == 299
@@ -306,6 +340,7 @@ def test_sqlite_plain_delete_leaves_nothing_once_scrubbed(store: BaseStore) -> N
     # maintenance step is needed for the files to hold none of the user's bytes.
     victim, ns = _victim_setup(store)
     store.delete_account(victim.user_id)
+    compact_everything(store)
     eventually_clean(lambda: dump(store), ns, SCRUB_DEADLINE)
     wal = Path(store.path + "-wal")  # type: ignore[attr-defined]
     assert not wal.exists() or wal.stat().st_size == 0

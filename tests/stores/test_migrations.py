@@ -1,8 +1,10 @@
-"""Schema v1 -> v2: the filter log and user-id-keyed rate state go; v1 registrations are refused.
+"""Schema migrations: v1 -> v2 refuses v1 registrations; v2 -> v3 keeps every registration.
 
 Version 1 stored numbers without a per-user key, which crypto-shredding cannot cover, so a
 store holding v1 registrations refuses to migrate (and is left untouched) rather than keep
-them or drop them silently. An empty v1 store migrates.
+them or drop them silently. An empty v1 store migrates. Version 3 adds the change feed (empty,
+head 0), the store identity and the key census (counted from the rows once), stores key ids
+as codes (SQL) and moves users into slot groups (Redis Cluster, tested there).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from contactmatch.errors import StoreError
-from contactmatch.stores import open_store
+from contactmatch.stores import FeedPage, KeyCensus, UserRecord, open_store
 from contactmatch.stores import postgres as pg_adapter
 from contactmatch.stores import sqlite as sqlite_adapter
 from tests.services import PG_BASE, REDIS_BASE, drop_pg_schema, drop_redis_prefix
@@ -148,12 +150,16 @@ def test_redis_empty_v1_layout_migrates() -> None:
         keys = {k.decode() for k in r.scan_iter(match="{" + prefix + ":*")}
         assert keys == {
             g + ":schema",
+            g + ":id",
             g + ":ids",
+            g + ":seq",
+            g + ":feed",
+            g + ":census",
             "{" + prefix + ":u:u0000001}",
             "{" + prefix + ":u:u0000001}:k",
             "{" + prefix + ":t:" + user(1).token.hex() + "}",
         }
-        assert r.get(g + ":schema") == b"2"
+        assert r.get(g + ":schema") == b"3"
     finally:
         r.close()
         drop_redis_prefix(prefix)
@@ -174,6 +180,115 @@ def test_redis_v1_layout_with_users_is_refused() -> None:
             open_store(REDIS_BASE, prefix=prefix)
         assert r.exists(g + ":log")
         assert r.get(g + ":schema") == b"1"
+    finally:
+        r.close()
+        drop_redis_prefix(prefix)
+
+
+# v2 -> v3: the change feed, key codes, the census, the identity; registrations kept -------
+
+V2_USERS = [user(1, data_key="dk-1"), user(2, key_id="k2", now=5.0), user(3, data_key="dk-1")]
+V2_CENSUS = KeyCensus(oprf={"k1": 2, "k2": 1}, data={"dk-1": 2, "": 1})
+
+
+def _v2_row(u: UserRecord) -> tuple[object, ...]:
+    return (u.user_id, u.token, u.key_id, u.number_ct, 0, u.created_at, u.updated_at)
+
+
+def test_sqlite_v2_with_users_migrates_and_keeps_them(tmp_path: Path) -> None:
+    db = tmp_path / "v2.db"
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.execute("PRAGMA journal_mode = WAL")
+    for script in sqlite_adapter.MIGRATIONS[:2]:
+        for stmt in sqlite_adapter._statements(script):
+            conn.execute(stmt)
+    conn.execute("PRAGMA user_version = 2")
+    for u in V2_USERS:
+        conn.execute("INSERT INTO users VALUES (?, ?, ?, ?, ?, ?, ?)", _v2_row(u))
+        conn.execute("INSERT INTO user_keys VALUES (?, ?)", (u.user_id, u.wrapped_key))
+    conn.close()
+    with open_store(f"sqlite:///{db}") as s:
+        assert s.get_users([u.user_id for u in V2_USERS]) == V2_USERS
+        assert s.lookup_tokens([V2_USERS[1].token]) == [V2_USERS[1]]
+        assert s.key_census() == V2_CENSUS
+        assert s.changes(0, 10) == FeedPage(entries=[], head=0, complete=True)
+        sid = s.store_id()
+        s.put_users([user(4)])
+        assert s.changes(0, 10).entries == [(1, "u0000004")]
+    with open_store(f"sqlite:///{db}") as again:
+        assert again.store_id() == sid
+    conn = sqlite3.connect(db)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 3
+    cols = [r[1] for r in conn.execute("PRAGMA table_info(users)")]
+    assert "key_id" not in cols
+    assert "kid" in cols
+    conn.close()
+
+
+@pytest.mark.postgres
+def test_postgres_v2_with_users_migrates_and_keeps_them(pg_schema: str) -> None:
+    import psycopg
+
+    with psycopg.connect(PG_BASE, autocommit=True) as conn:
+        conn.execute(f'CREATE SCHEMA "{pg_schema}"')
+        conn.execute(f'SET search_path = "{pg_schema}"')
+        conn.execute("CREATE TABLE cm_meta (key text PRIMARY KEY, value text)")
+        conn.execute("INSERT INTO cm_meta VALUES ('schema_version', '2')")
+        conn.execute(pg_adapter.MIGRATIONS[0].encode())
+        conn.execute(pg_adapter.MIGRATIONS[1].encode())
+        for u in V2_USERS:
+            conn.execute(
+                "INSERT INTO users (user_id, token, key_id, number_ct, disc, created_at, "
+                "updated_at) VALUES (%s, %s, %s, %s, %s, %s, %s)",
+                _v2_row(u),
+            )
+            conn.execute("INSERT INTO user_keys VALUES (%s, %s)", (u.user_id, u.wrapped_key))
+    with open_store(PG_BASE, schema=pg_schema) as s:
+        assert s.get_users([u.user_id for u in V2_USERS]) == V2_USERS
+        assert s.key_census() == V2_CENSUS
+        assert s.changes(0, 10) == FeedPage(entries=[], head=0, complete=True)
+        sid = s.store_id()
+        s.delete_account("u0000001")
+        assert s.key_census() == KeyCensus(oprf={"k1": 1, "k2": 1}, data={"dk-1": 1, "": 1})
+        assert s.changes(0, 10).entries == [(1, "u0000001")]
+    with open_store(PG_BASE, schema=pg_schema) as again:
+        assert again.store_id() == sid
+
+
+@pytest.mark.redis
+def test_redis_v2_with_users_migrates_and_keeps_them() -> None:
+    import redis
+
+    prefix = "t" + uuid.uuid4().hex[:12]
+    g = "{" + prefix + ":g}"
+    r = redis.Redis.from_url(REDIS_BASE)
+    try:
+        r.set(g + ":schema", 2)
+        for u in V2_USERS:
+            uk = "{" + prefix + ":u:" + u.user_id + "}"
+            r.hset(
+                uk,
+                mapping={
+                    "tok": u.token,
+                    "hex": u.token.hex(),
+                    "kid": u.key_id,
+                    "ct": u.number_ct,
+                    "disc": b"0",
+                    "cat": repr(u.created_at),
+                    "uat": repr(u.updated_at),
+                },
+            )
+            r.set(uk + ":k", u.wrapped_key)
+            r.set("{" + prefix + ":t:" + u.token.hex() + "}", u.user_id)
+            r.zadd(g + ":ids", {u.user_id: 0})
+        with open_store(REDIS_BASE, prefix=prefix) as s:
+            assert s.get_users([u.user_id for u in V2_USERS]) == V2_USERS
+            assert s.key_census() == V2_CENSUS
+            assert s.changes(0, 10) == FeedPage(entries=[], head=0, complete=True)
+            sid = s.store_id()
+        assert r.get(g + ":schema") == b"3"
+        with open_store(REDIS_BASE, prefix=prefix) as again:
+            assert again.store_id() == sid
     finally:
         r.close()
         drop_redis_prefix(prefix)

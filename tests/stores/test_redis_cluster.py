@@ -1,21 +1,22 @@
 """Redis Cluster specifics: one slot per user, no cross-slot command, crash-safe step order.
 
 The conformance suite already runs on the cluster (backend ``redis-cluster``); these tests add
-what only a cluster has: slot placement, error statistics of every primary, and the states a
-client leaves when it dies between two per-slot steps.
+what only a cluster has: slot placement, error statistics of every primary, the states a
+client leaves when it dies between two per-slot steps, and the change feed's outboxes.
 """
 
 from __future__ import annotations
 
 import uuid
+import zlib
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from contactmatch.errors import StoreError, StoreUnavailable
-from contactmatch.stores import ADAPTERS, Discoverability, Rekey, open_store
-from contactmatch.stores.redis import RedisClusterStore, RedisStore
+from contactmatch.stores import ADAPTERS, Discoverability, KeyCensus, Rekey, open_store
+from contactmatch.stores.redis import GROUPS, RedisClusterStore, RedisStore
 from tests.services import REDIS_CLUSTER_PORTS, REDIS_HOST, drop_redis_prefix
 from tests.stores._helpers import subject, token, user
 
@@ -52,6 +53,24 @@ def _keys(client: Any, prefix: str) -> list[bytes]:
     return list(client.scan_iter(match="{" + prefix + ":*", count=1000))
 
 
+def _everything(client: Any, prefix: str) -> bytes:
+    """Every key name and value under the prefix, concatenated."""
+    out = b"".join(_keys(client, prefix))
+    for k in _keys(client, prefix):
+        kind = client.type(k)
+        if kind == b"string":
+            out += client.get(k)
+        elif kind == b"set":
+            out += b"".join(client.smembers(k))
+        elif kind == b"hash":
+            out += b"".join(b for kv in client.hgetall(k).items() for b in kv)
+        elif kind == b"zset":
+            out += b"".join(client.zrange(k, 0, -1))
+        elif kind == b"list":
+            out += b"".join(client.lrange(k, 0, -1))
+    return out
+
+
 def _errorstats(client: Any) -> dict[str, str]:
     """``errorstat_*`` lines of every primary (error type -> counts), merged."""
     out: dict[str, str] = {}
@@ -86,10 +105,18 @@ def test_one_users_keys_share_one_slot(cstore: RedisClusterStore, client: Any, p
     cstore.put_users([user(i) for i in range(50)])
     uid = "u0000007"
     cstore.replace_contacts(uid, [token(100), token(101)], "k1")
-    mine = [k for k in _keys(client, prefix) if k.startswith(b"{" + f"{prefix}:u:{uid}".encode())]
+    mine = [
+        k for k in _keys(client, prefix) if k.split(b"}", 1)[1].startswith(f":u:{uid}".encode())
+    ]
     assert len(mine) == 3  # hash, wrapped key, uploads
-    slots = {client.keyslot(k) for k in mine}
-    assert slots == {client.keyslot(f"{prefix}:u:{uid}")}
+    group = zlib.crc32(uid.encode()) % GROUPS
+    tag = f"{prefix}:s{group}"
+    assert all(k.startswith(b"{" + tag.encode() + b"}") for k in mine)
+    # the group's outbox counter and census share that slot: one script changes them together
+    group_keys = [k for k in _keys(client, prefix) if k.startswith(b"{" + tag.encode() + b"}")]
+    assert {tag_key.split(b"}", 1)[1] for tag_key in group_keys} >= {b":n", b":census"}
+    slots = {client.keyslot(k) for k in group_keys}
+    assert slots == {client.keyslot(tag)}
     # a rate subject's buckets and seen set share a slot of their own
     subj = subject(7)
     cstore.take(subj, "lookup", 1, capacity=5, refill_per_s=1e-3, now=1.0)
@@ -101,8 +128,8 @@ def test_one_users_keys_share_one_slot(cstore: RedisClusterStore, client: Any, p
     # the service-wide keys share one slot too, and the users spread over the cluster
     glob = [k for k in _keys(client, prefix) if k.startswith(b"{" + f"{prefix}:g}}".encode())]
     assert len({client.keyslot(k) for k in glob}) == 1
-    users = {client.keyslot(f"{prefix}:u:{u.user_id}") for u in (user(i) for i in range(50))}
-    owners = {client.nodes_manager.get_node_from_slot(s).port for s in users}
+    groups = {client.keyslot(f"{prefix}:s{g}") for g in range(GROUPS)}
+    owners = {client.nodes_manager.get_node_from_slot(s).port for s in groups}
     assert len(owners) == len(REDIS_CLUSTER_PORTS)
 
 
@@ -213,37 +240,26 @@ def test_crash_during_delete_is_finished_by_a_retry(
     cstore.replace_contacts("u0000001", [token(50)], "k1")
     cstore.add_seen(subject(1), [b"fp-00001"], now=1.0)
 
-    def die(*_keys: object) -> None:
-        raise Crash
-
-    monkeypatch.setattr(cstore._r, "delete", die)  # dies before the last step
+    _crash_before(monkeypatch, cstore, "the last step of an erasure")
     with pytest.raises(StoreError):
         cstore.delete_account("u0000001")
-    monkeypatch.undo()
     # half-erased: unfindable by token and gone from the id index, but the hash is still there
     assert cstore.lookup_tokens([token(1)]) == [None]
     assert cstore.contact_owners([token(50)]) == [[]]
     assert cstore.scan_users(None, 10) == [user(2)]
     assert cstore.get_users(["u0000001"])[0] is not None
-    # ... so the retry finds it and finishes: nothing of the user is left
+    # ... so the retry finds it and finishes: nothing of the user is left but the feed entries
     cstore.delete_account("u0000001")
-    everything = b"".join(_keys(client, prefix))
-    for k in _keys(client, prefix):
-        kind = client.type(k)
-        if kind == b"string":
-            everything += client.get(k)
-        elif kind == b"set":
-            everything += b"".join(client.smembers(k))
-        elif kind == b"hash":
-            everything += b"".join(b for kv in client.hgetall(k).items() for b in kv)
-        elif kind == b"zset":
-            everything += b"".join(client.zrange(k, 0, -1))
+    assert b"u0000001" in _everything(client, prefix)
+    cstore.compact_feed(before_seq=cstore.feed_head() + 1)
+    everything = _everything(client, prefix)
     assert b"u0000001" not in everything
     assert token(1) not in everything
     assert token(1).hex().encode() not in everything
     assert user(1).wrapped_key not in everything
     assert user(1).number_ct not in everything
     assert cstore.count_users() == 1
+    assert cstore.key_census().oprf == {"k1": 1}
 
 
 def test_crash_mid_replace_contacts_never_over_reports(
@@ -273,3 +289,103 @@ def test_scan_pages_past_ids_whose_hash_is_gone() -> None:
     finally:
         store.close()
         drop_redis_prefix(tag)
+
+
+# the change feed: outboxes and the pump ------------------------------------------------------
+
+
+def _crash_in_pump(monkeypatch: pytest.MonkeyPatch, store: RedisClusterStore) -> None:
+    """Make the store die the next time it pumps outboxes into the feed."""
+
+    def die(_groups: object) -> None:
+        monkeypatch.setattr(store, "_pump", real)
+        raise Crash
+
+    real = store._pump
+    monkeypatch.setattr(store, "_pump", die)
+
+
+def test_a_writer_dying_before_the_pump_loses_no_entry(
+    cstore: RedisClusterStore, redis_cluster: str, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cstore.put_users([user(1)])
+    _crash_in_pump(monkeypatch, cstore)
+    with pytest.raises(StoreError):
+        cstore.put_users([user(i) for i in range(2, 40)])
+    # the users were changed (and their entries sit in their groups' outboxes) ...
+    assert cstore.count_users() == 39
+    # ... and any reader numbers them before reading: a follower misses nothing
+    with open_store(f"{redis_cluster}?prefix={prefix}") as other:
+        page = other.changes(1, 100)
+        assert page.complete
+        assert sorted(u for _, u in page.entries) == [f"u{i:07d}" for i in range(2, 40)]
+        assert [q for q, _ in page.entries] == list(range(2, 40))
+    # pumping again (the dead writer's retry, another reader) adds nothing
+    assert cstore.feed_head() == 39
+    cstore._pump(range(GROUPS))
+    assert cstore.feed_head() == 39
+
+
+def test_a_pump_dying_before_its_trim_is_repeated_harmlessly(
+    cstore: RedisClusterStore, monkeypatch: pytest.MonkeyPatch, client: Any, prefix: str
+) -> None:
+    real = cstore._eval_many
+
+    def no_trim(calls: list[tuple[str, list[str], list[Any]]]) -> list[Any]:
+        if any("ZREMRANGEBYSCORE" in src for src, _, _ in calls):
+            raise Crash  # numbered into the feed, outbox not trimmed yet
+        return real(calls)
+
+    monkeypatch.setattr(cstore, "_eval_many", no_trim)
+    with pytest.raises(StoreError):
+        cstore.put_users([user(i) for i in range(20)])
+    monkeypatch.undo()
+    outboxes = [k for k in _keys(client, prefix) if k.endswith(b":ob")]
+    assert outboxes  # entries already in the feed are still in their outboxes
+    page = cstore.changes(0, 100)  # pumps again: skips what is numbered, trims
+    assert sorted(u for _, u in page.entries) == [f"u{i:07d}" for i in range(20)]
+    assert page.head == 20
+    assert not [k for k in _keys(client, prefix) if k.endswith(b":ob")]
+
+
+def test_an_old_layout_is_moved_into_slot_groups(
+    redis_cluster: str, prefix: str, client: Any
+) -> None:
+    # Layout v2 kept each user under {P:u:<id>}: write two users that way, open, read them.
+    g = "{" + prefix + ":g}"
+    users = [user(1, data_key="dk-1"), user(2, key_id="k2")]
+    client.set(g + ":schema", 2)
+    for u in users:
+        uk = "{" + prefix + ":u:" + u.user_id + "}"
+        client.hset(
+            uk,
+            mapping={
+                "tok": u.token,
+                "hex": u.token.hex(),
+                "kid": u.key_id,
+                "ct": u.number_ct,
+                "disc": b"0",
+                "cat": repr(u.created_at),
+                "uat": repr(u.updated_at),
+            },
+        )
+        client.set(uk + ":k", u.wrapped_key)
+        client.set("{" + prefix + ":t:" + u.token.hex() + "}", u.user_id)
+        client.zadd(g + ":ids", {u.user_id: 0})
+    client.sadd("{" + prefix + ":u:u0000001}:c", token(9).hex())
+    client.hset("{" + prefix + ":u:u0000001}", "ckid", "k1")
+    client.sadd("{" + prefix + ":o:" + token(9).hex() + "}", "u0000001")
+    with open_store(f"{redis_cluster}?prefix={prefix}") as s:
+        assert s.get_users(["u0000001", "u0000002"]) == users
+        assert s.lookup_tokens([users[1].token]) == [users[1]]
+        assert s.contact_owners([token(9)]) == [["u0000001"]]
+        assert s.key_census() == KeyCensus(oprf={"k1": 1, "k2": 1}, data={"dk-1": 1, "": 1})
+        assert s.feed_head() == 0
+        sid = s.store_id()
+        s.delete_account("u0000001")
+        assert s.key_census().oprf == {"k2": 1}
+    assert client.get(g + ":schema") == b"3"
+    assert not [k for k in _keys(client, prefix) if k.startswith(b"{" + f"{prefix}:u:".encode())]
+    with open_store(f"{redis_cluster}?prefix={prefix}") as again:
+        assert again.store_id() == sid
+        assert again.changes(0, 10).entries == [(1, "u0000001")]

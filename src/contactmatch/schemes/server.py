@@ -1,40 +1,38 @@
-"""The server side of a scheme: registered tokens in, request bytes in, response bytes out.
+"""The server side of a scheme: request bytes in, response bytes out, over a shared registry.
 
 Sans-I/O: :meth:`SchemeServer.handle` takes a request's bytes and returns the response's
 bytes; transports (in-process, HTTP) only move them. Every request is decoded with length
-checks before any work, and a request for another scheme or key is refused.
+checks before any work, and a request for another scheme or key is refused. The token
+function answers its own evaluation round; everything else goes to the scheme's
+:class:`~contactmatch.schemes.methods.MembershipMethod` over the
+:class:`~contactmatch.registry.shared.TokenRegistry` of its token function, which a
+:class:`~contactmatch.service.DiscoveryServer` shares between every scheme of that function.
 """
 
 from __future__ import annotations
 
 import hmac
-import threading
 from collections.abc import Sequence
 
-from contactmatch.errors import InvalidInput, MalformedMessage, UnknownKeyId
-from contactmatch.filters import GolombFilter
+from contactmatch.errors import MalformedMessage, UnknownKeyId
+from contactmatch.registry.shared import TokenRegistry
+from contactmatch.registry.table import RegistryTable
 from contactmatch.schemes.base import Scheme, ServerInfo, get_scheme
-from contactmatch.schemes.table import TokenTable, bits_for
+from contactmatch.schemes.methods import MembershipMethod, method_for
 from contactmatch.schemes.tokens import ServerTokens
-from contactmatch.schemes.wire import (
-    BucketRequest,
-    BucketResponse,
-    EvalRequest,
-    LookupRequest,
-    LookupResponse,
-    Message,
-    decode,
-)
+from contactmatch.schemes.wire import EvalRequest, Message, decode
 
 __all__ = ["SchemeServer"]
 
 
 class SchemeServer:
-    """Answers one scheme's requests over a table of registered tokens.
+    """Answers one scheme's requests.
 
     Args:
         scheme: the scheme (or its name).
         tokens: the server side of the scheme's token function.
+        registry: the registry of that token function, shared with the other schemes that
+            use it; a new, standalone one (confirming in memory) when omitted.
         anonymity: target number of registered users per bucket (``bucket`` method).
         filter_fpr: false-positive rate of the published filter (``filter`` method).
     """
@@ -44,6 +42,7 @@ class SchemeServer:
         scheme: Scheme | str,
         tokens: ServerTokens,
         *,
+        registry: TokenRegistry | None = None,
         anonymity: int = 64,
         filter_fpr: float = 2.0**-20,
     ) -> None:
@@ -51,48 +50,37 @@ class SchemeServer:
         if tokens.name != self.scheme.token:
             raise ValueError(f"{self.scheme.name} needs {self.scheme.token} tokens")
         self.token_fn = tokens
-        self.table = TokenTable(uniform_tokens=self.scheme.token != "plain")
+        self.method: MembershipMethod = method_for(self.scheme.method)
+        if registry is None:  # (not ``or``: an empty registry is falsy)
+            registry = TokenRegistry(RegistryTable.empty(key_id=tokens.key_id))
+        self.registry = registry
         self.anonymity = anonymity
         self.filter_fpr = filter_fpr
-        self._lock = threading.RLock()
-        self._filter: GolombFilter | None = None
-        self._filter_blob: tuple[int, bytes] | None = None
-        self._filter_capacity = 0
-        self._next_version = 1
 
-    # -- registry ---------------------------------------------------------------------------
+    def __repr__(self) -> str:
+        return f"<SchemeServer {self.scheme.name} users={len(self.registry)}>"
+
+    # -- standalone registry (the research harness) ------------------------------------------
     def register(self, user_ids: Sequence[str], numbers: Sequence[str]) -> list[bytes]:
-        """Compute and index tokens of registered numbers; returns the tokens."""
+        """Compute and register tokens of ``numbers``; returns the tokens."""
         if len(user_ids) != len(numbers):
             raise MalformedMessage("user_ids and numbers differ in length")
         toks = self.token_fn.tokens(numbers)
-        self.add_tokens(user_ids, toks)
+        self.registry.apply(list(zip(user_ids, toks, strict=True)), [])
         return toks
 
     def add_tokens(self, user_ids: Sequence[str], tokens: Sequence[bytes]) -> None:
-        """Index tokens computed earlier (e.g. loaded from a store)."""
-        with self._lock:
-            gone = self.table.add(user_ids, tokens)
-            if self._filter is not None:
-                if len(self.table) > self._filter_capacity:
-                    self._filter = None  # outgrown: the next publication is a fresh build
-                    return
-                if gone:
-                    self._filter.remove_many(gone)
-                if tokens:
-                    self._filter.add_many(list(tokens))
+        """Register tokens computed earlier (one token function, several schemes)."""
+        self.registry.apply(list(zip(user_ids, tokens, strict=True)), [])
 
-    def unregister(self, user_ids: Sequence[str]) -> list[bytes]:
+    def unregister(self, user_ids: Sequence[str]) -> None:
         """Remove users from every answer (and, as a delta, from the published filter)."""
-        with self._lock:
-            gone = self.table.remove(user_ids)
-            if gone and self._filter is not None:
-                self._filter.remove_many(gone)
-            return gone
+        self.registry.apply([], list(user_ids))
 
+    # -- published parameters ---------------------------------------------------------------
     @property
     def bits(self) -> int:
-        return bits_for(len(self.table), self.anonymity) if self.scheme.method == "bucket" else 0
+        return self.method.bits(self.registry, self.anonymity)
 
     def info(self) -> ServerInfo:
         """Public parameters a client needs before it can prepare a request."""
@@ -107,44 +95,18 @@ class SchemeServer:
 
     @property
     def filter_version(self) -> int:
-        """Version of the published filter (0 before the first publication)."""
-        f = self._filter
-        return f.version if f is not None else 0
+        """Version of the published filter: a digest of its content, the same in every
+        process holding the same membership (0 for methods that publish none)."""
+        if not self.method.publishes_filter:
+            return 0
+        return self.registry.publisher(self.filter_fpr).version
 
     def published_filter(self, since: int | None = None) -> bytes:
-        """The filter of registered tokens (``filter`` method): the whole filter, or, when
-        ``since`` names a version still in the history, just the delta from it.
-
-        The filter is built on first use and then updated in place as users come and go, so
-        each change is a small delta; it is rebuilt (new salt, clients download it whole) only
-        when the registry outgrows the capacity its false-positive rate was sized for.
-        """
-        if self.scheme.method != "filter":
+        """The filter of registered tokens: whole, or a delta from version ``since`` when this
+        process can still patch from it (see :mod:`contactmatch.registry.publisher`)."""
+        if not self.method.publishes_filter:
             raise MalformedMessage(f"{self.scheme.name} publishes no filter")
-        with self._lock:
-            f = self._filter
-            if f is None:
-                n = len(self.table)
-                self._filter_capacity = max(2 * n, 1024)
-                # Versions keep rising across rebuilds, so a client's old version number can
-                # never name a version of the new filter.
-                f = GolombFilter.build(
-                    self.table.tokens(),
-                    fpr=self.filter_fpr,
-                    capacity=self._filter_capacity,
-                    version=self._next_version,
-                    key_id=self.token_fn.key_id,
-                )
-                self._filter = f
-            self._next_version = f.version + 1
-            if since is not None and since != f.version:
-                try:
-                    return f.delta(since)
-                except InvalidInput:
-                    pass  # too old or from another build: fall back to the whole filter
-            if self._filter_blob is None or self._filter_blob[0] != f.version:
-                self._filter_blob = (f.version, f.to_bytes())
-            return self._filter_blob[1]
+        return self.registry.publisher(self.filter_fpr).published(since)
 
     # -- requests ---------------------------------------------------------------------------
     def _check(self, scheme: str, key_id: str | None) -> None:
@@ -166,31 +128,7 @@ class SchemeServer:
             if not self.scheme.interactive:
                 raise MalformedMessage(f"{self.scheme.name} has no evaluation round")
             return self.token_fn.evaluate(msg)
-        if isinstance(msg, LookupRequest):
-            self._check(msg.scheme, msg.key_id)
-            if self.scheme.method == "bucket":
-                raise MalformedMessage("bucket schemes answer bucket requests only")
-            found = self.table.lookup(msg.tokens)
-            positions = [i for i, u in enumerate(found) if u is not None]
-            return LookupResponse(
-                key_id=self.token_fn.key_id,
-                positions=positions,
-                user_ids=[str(found[i]).encode() for i in positions],
-            )
-        if isinstance(msg, BucketRequest):
-            self._check(msg.scheme, msg.key_id)
-            if self.scheme.method != "bucket":
-                raise MalformedMessage(f"{self.scheme.name} answers no bucket requests")
-            if msg.bits != self.bits:
-                raise MalformedMessage("bucket size changed; refresh the server info")
-            prefixes = sorted(set(msg.prefixes))
-            buckets = self.table.bucket(prefixes, msg.bits)
-            return BucketResponse(
-                key_id=self.token_fn.key_id,
-                bits=msg.bits,
-                prefixes=prefixes,
-                counts=[len(b) for b in buckets],
-                fingerprints=[fp for b in buckets for fp, _ in b],
-                sealed=[s for b in buckets for _, s in b],
-            )
-        raise MalformedMessage(f"a server does not accept {msg.NAME}")
+        if not isinstance(msg, self.method.requests):
+            raise self.method.refuse(msg, self.scheme.name)
+        self._check(getattr(msg, "scheme", ""), getattr(msg, "key_id", None))
+        return self.method.answer(msg, self.registry, key_id=self.token_fn.key_id, bits=self.bits)

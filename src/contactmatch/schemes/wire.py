@@ -38,7 +38,7 @@ __all__ = [
 ]
 
 MAGIC = b"CMW"
-WIRE_VERSION = 1
+WIRE_VERSION = 2  # 2: ServiceResponse.filter_version is a u64 content digest
 #: A phone book is thousands of numbers; a registry import goes through the store, not here.
 MAX_ITEMS = 1 << 20
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
@@ -67,6 +67,9 @@ class _Reader:
 
     def u32(self) -> int:
         return int.from_bytes(self.take(4), "big")
+
+    def u64(self) -> int:
+        return int.from_bytes(self.take(8), "big")
 
     def text(self) -> str:
         raw = self.take(self.u8())
@@ -114,6 +117,9 @@ class _Writer:
 
     def u32(self, v: int) -> None:
         self.parts.append(struct.pack(">I", v))
+
+    def u64(self, v: int) -> None:
+        self.parts.append(struct.pack(">Q", v))
 
     def text(self, s: str) -> None:
         raw = s.encode("utf-8")
@@ -425,20 +431,21 @@ class ServiceResponse(Message):
         if any(len(f) != 8 for f in self.fingerprints):
             raise MalformedMessage("fingerprints must be 8 bytes")
         _check_items("sealed", self.sealed)
-        if not 0 <= self.filter_version < 1 << 32:
+        # 53 bits: a content digest (registry.publisher) that JSON numbers carry exactly.
+        if not 0 <= self.filter_version < 1 << 53:
             raise MalformedMessage("filter_version out of range")
 
     def _write(self, w: _Writer) -> None:
         w.u32(len(self.inner))
         w.parts.append(self.inner)
-        w.u32(self.filter_version)
+        w.u64(self.filter_version)
         w.items(self.fingerprints)
         w.items(self.sealed)
 
     @classmethod
     def _read(cls, r: _Reader) -> Self:
         inner = r.take(r.u32())
-        msg = cls(inner=inner, filter_version=r.u32(), fingerprints=r.items(), sealed=r.items())
+        msg = cls(inner=inner, filter_version=r.u64(), fingerprints=r.items(), sealed=r.items())
         msg._validate()
         return msg
 

@@ -627,6 +627,7 @@ def create_app(
     verify_number: NumberVerifier | None = None,
     allow_unverified_numbers: bool = False,
     expire_every: float = 3600.0,
+    snapshot_every: float = 0.0,
 ) -> Starlette:
     """Build the ASGI app serving ``server`` over HTTP.
 
@@ -652,6 +653,8 @@ def create_app(
         expire_every: seconds between background sweeps of drained quota state
             (:meth:`DiscoveryServer.expire_rate_state`), which bound how long rate state
             outlives an account; 0 turns them off (run ``contactmatch vacuum`` instead).
+        snapshot_every: seconds between registry snapshot writes
+            (:meth:`DiscoveryServer.save_snapshot`), and one more at shutdown; 0: none.
 
     Returns:
         A Starlette application (run it with uvicorn, or :class:`ServerThread` in tests).
@@ -661,8 +664,8 @@ def create_app(
     """
     if max_body <= 0:
         raise InvalidInput("max_body must be positive")
-    if refresh_every < 0 or expire_every < 0:
-        raise InvalidInput("refresh_every and expire_every must not be negative")
+    if refresh_every < 0 or expire_every < 0 or snapshot_every < 0:
+        raise InvalidInput("refresh_every, expire_every and snapshot_every must not be negative")
     numbers = verify_number is not None or allow_unverified_numbers
     if verify_number is None and allow_unverified_numbers:
         logger.warning(
@@ -689,6 +692,10 @@ def create_app(
             tasks.append(
                 asyncio.create_task(_every(server.expire_rate_state, expire_every, "expiry"))
             )
+        if snapshot_every:
+            tasks.append(
+                asyncio.create_task(_every(server.save_snapshot, snapshot_every, "snapshot"))
+            )
         try:
             yield
         finally:
@@ -696,6 +703,11 @@ def create_app(
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            if snapshot_every:
+                try:
+                    await run_in_threadpool(server.save_snapshot)
+                except Exception as exc:  # shutting down: log, never mask the shutdown
+                    logger.error("final snapshot failed: %s", type(exc).__name__)  # noqa: TRY400
 
     return Starlette(
         routes=routes, exception_handlers={HTTPException: _http_error}, lifespan=lifespan

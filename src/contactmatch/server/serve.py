@@ -10,7 +10,7 @@ import argparse
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Literal, cast
@@ -39,15 +39,28 @@ _DEFAULT_STORE = "sqlite:///contactmatch.db"
 _MiB = 1024 * 1024
 
 
-def load_or_create_data_key(path: str | Path) -> DataKey:
+def load_or_create_data_key(path: str | Path, *, store_key_ids: Sequence[str] = ()) -> DataKey:
     """Load the at-rest data key, creating it (mode 0600) with a notice if it is missing.
 
+    Args:
+        path: the key file.
+        store_key_ids: data key ids the store already holds numbers under. A new key is
+            never created for such a store: its numbers would be unreadable, and the cause
+            (a wrong path) would only show at the next rotation.
+
     Raises:
-        InvalidKey: the file exists but is unusable (permissions, format).
+        InvalidKey: the file exists but is unusable (permissions, format), or it is missing
+            while the store holds numbers under other data keys.
     """
     from contactmatch.atrest import DataKey
 
     p = Path(path)
+    if not p.exists() and store_key_ids:
+        raise InvalidKey(
+            f"no data key file {p.name!r}, and the store holds numbers under data key id(s) "
+            f"{', '.join(sorted(store_key_ids))}: pass the data key that made them "
+            "(--data-key); a new key would not read them"
+        )
     if not p.exists():
         try:
             DataKey.generate().save(p)
@@ -92,6 +105,8 @@ def build_server(
     *,
     data_key_path: str | None = None,
     settings: ServiceSettings | None = None,
+    snapshot_dir: str | None = None,
+    allow_foreign_keys: bool = False,
 ) -> DiscoveryServer:
     """Open the store and keys and build the discovery server ``run`` serves.
 
@@ -100,9 +115,12 @@ def build_server(
         key_path: the OPRF server key file (``contactmatch keygen``).
         data_key_path: the at-rest data key; ``<key_path>.data`` by default, created if missing.
         settings: schemes, region and quotas.
+        snapshot_dir: where registry snapshots are read at start-up and written.
+        allow_foreign_keys: serve even if the store holds users under keys this server
+            does not hold (they stay invisible); otherwise that is refused.
 
     Raises:
-        InvalidKey: a key file is unusable.
+        InvalidKey: a key file is unusable, or does not match the store's keys.
         FileNotFoundError: the server key file does not exist.
         StoreUnavailable: the store cannot be reached.
     """
@@ -111,10 +129,21 @@ def build_server(
     from contactmatch.stores import open_store
 
     key = ServerKey.load(key_path)
-    data_key = load_or_create_data_key(data_key_path or f"{key_path}.data")
     store = open_store(store_url)
     try:
-        return DiscoveryServer(store, key, data_key, settings=settings)
+        census = store.key_census()
+        data_key = load_or_create_data_key(
+            data_key_path or f"{key_path}.data",
+            store_key_ids=[k for k, n in census.data.items() if n],
+        )
+        return DiscoveryServer(
+            store,
+            key,
+            data_key,
+            settings=settings,
+            snapshot_dir=snapshot_dir,
+            allow_foreign_keys=allow_foreign_keys,
+        )
     except BaseException:
         store.close()
         raise
@@ -135,6 +164,9 @@ def run(
     refresh_every: float = 0.0,
     verify_number: NumberVerifier | None = None,
     allow_unverified_numbers: bool = False,
+    snapshot_dir: str | None = None,
+    snapshot_every: float = 600.0,
+    allow_foreign_keys: bool = False,
 ) -> None:
     """Serve the HTTP API with uvicorn until interrupted.
 
@@ -154,6 +186,10 @@ def run(
             normalised E.164 number; without it the number endpoints are not served.
         allow_unverified_numbers: development only: serve the number endpoints without a
             verifier (logged loudly; see :func:`~contactmatch.server.app.create_app`).
+        snapshot_dir: registry snapshots: start-up maps the newest and reads the store's
+            change feed from there; written every ``snapshot_every`` seconds and at shutdown.
+        snapshot_every: seconds between snapshot writes (with ``snapshot_dir``).
+        allow_foreign_keys: serve a store with users under keys this server does not hold.
         refresh_every: seconds between background re-syncs of the index with the store
             (for several server processes on one store); 0 for a single process.
     """
@@ -162,7 +198,14 @@ def run(
     from contactmatch.server.app import create_app
     from contactmatch.server.auth import SignedTokens
 
-    server = build_server(store_url, key_path, data_key_path=data_key_path, settings=settings)
+    server = build_server(
+        store_url,
+        key_path,
+        data_key_path=data_key_path,
+        settings=settings,
+        snapshot_dir=snapshot_dir,
+        allow_foreign_keys=allow_foreign_keys,
+    )
     try:
         auth = authenticate or SignedTokens.from_server_key(server.keys.current, token_ttl)
         app = create_app(
@@ -173,6 +216,7 @@ def run(
             refresh_every=refresh_every,
             verify_number=verify_number,
             allow_unverified_numbers=allow_unverified_numbers,
+            snapshot_every=snapshot_every if snapshot_dir else 0.0,
         )
         if verify_number is None and not allow_unverified_numbers:
             sys.stderr.write(
@@ -240,6 +284,26 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         "sharing one store (default 0: off, a single process)",
     )
     parser.add_argument(
+        "--snapshot-dir",
+        default=None,
+        metavar="DIR",
+        help="registry snapshots: start-up maps the newest valid one and reads the store's "
+        "change feed from there (fast); written every --snapshot-every seconds and at shutdown",
+    )
+    parser.add_argument(
+        "--snapshot-every",
+        type=float,
+        default=600.0,
+        metavar="SECONDS",
+        help="seconds between snapshot writes (default 600)",
+    )
+    parser.add_argument(
+        "--allow-foreign-keys",
+        action="store_true",
+        help="serve even if the store holds users under OPRF or data keys this server does "
+        "not hold (they stay invisible); refused by default",
+    )
+    parser.add_argument(
         "--verify-number",
         default=None,
         metavar="MODULE:CALLABLE",
@@ -287,6 +351,9 @@ def serve_command(args: argparse.Namespace) -> int:
         refresh_every=args.refresh_every,
         verify_number=verifier,
         allow_unverified_numbers=args.allow_unverified_numbers,
+        snapshot_dir=args.snapshot_dir,
+        snapshot_every=args.snapshot_every,
+        allow_foreign_keys=args.allow_foreign_keys,
     )
     return 0
 

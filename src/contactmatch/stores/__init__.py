@@ -19,6 +19,8 @@ from contactmatch.errors import InvalidInput, MissingDependency
 from contactmatch.stores.base import (
     BaseStore,
     Discoverability,
+    FeedPage,
+    KeyCensus,
     RegistryStore,
     Rekey,
     TakeResult,
@@ -29,6 +31,8 @@ __all__ = [
     "DEFAULT_URL",
     "BaseStore",
     "Discoverability",
+    "FeedPage",
+    "KeyCensus",
     "RegistryStore",
     "Rekey",
     "TakeResult",

@@ -10,6 +10,12 @@ state* (leaky buckets, seen sets) is keyed by a rate *subject* such as ``n:<keye
 number>`` or ``g:eval``, outlives the account on purpose (a number that re-registers inherits
 its quotas) and expires on its own: a bucket once it has drained, a seen entry ``ttl`` seconds
 after it was last added (``expire_rate_state``).
+
+Every change of a registration also appends to the store's *change feed* in the same
+transaction (or atomic step): one entry ``(seq, user_id, at)`` per affected user, numbered in
+commit order, never holding a token, number or ciphertext. Server processes follow it with
+:meth:`BaseStore.changes` and re-read the named users with ``get_users`` (a missing row means
+the user is gone); ``docs/storage.md`` (The change feed) states what each adapter guarantees.
 """
 
 from __future__ import annotations
@@ -17,7 +23,9 @@ from __future__ import annotations
 import enum
 import math
 import re
-from collections.abc import Iterator, Mapping, Sequence
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol, Self, runtime_checkable
@@ -25,10 +33,13 @@ from typing import Any, NamedTuple, Protocol, Self, runtime_checkable
 from contactmatch.errors import ContactMatchError, InvalidInput, StoreError, UnknownUser
 
 __all__ = [
+    "FEED_PAGE_MAX",
     "MAX_CIPHERTEXT",
     "MAX_WRAPPED_KEY",
     "BaseStore",
     "Discoverability",
+    "FeedPage",
+    "KeyCensus",
     "RegistryStore",
     "Rekey",
     "TakeResult",
@@ -44,6 +55,10 @@ _KEY_ID = re.compile(r"[A-Za-z0-9._-]{1,32}")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
 _USER_ID_MATCH = _USER_ID.fullmatch
 _KEY_ID_MATCH = _KEY_ID.fullmatch
+_WRAP_VERSION = 2  # contactmatch.atrest.BLOB_VERSION
+#: Most entries one :meth:`BaseStore.changes` call returns.
+FEED_PAGE_MAX = 100_000
+_SEQ_MAX = 2**63 - 1  # a signed 64-bit column holds every sequence number
 
 
 class Discoverability(enum.StrEnum):
@@ -142,6 +157,41 @@ class Rekey:
 
     def __repr__(self) -> str:
         return f"Rekey(user_id={self.user_id!r}, key_id={self.key_id!r})"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FeedPage:
+    """One read of the change feed: what changed after a position, and whether that is all.
+
+    Attributes:
+        entries: ``(seq, user_id)`` pairs with ``seq`` greater than the position asked for,
+            ascending, at most the limit asked for. An entry says only "this user changed":
+            read the user's current row (``get_users``; None means gone).
+        head: the highest sequence number the store had assigned when the page was read
+            (0 for a store that never changed); the page is the last one when ``entries`` is
+            empty or ends at ``head``.
+        complete: False when entries after the position were already compacted away (or the
+            position is beyond ``head``, e.g. a snapshot from a restored backup): the follower
+            cannot catch up from the feed and must rescan the store.
+    """
+
+    entries: list[tuple[int, str]]
+    head: int
+    complete: bool
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class KeyCensus:
+    """How many registrations the store holds under each key id, exact and cheap to read.
+
+    Attributes:
+        oprf: users per token key id (``UserRecord.key_id``).
+        data: users per data-key id named in the header of their wrapped key (``""`` for a
+            wrapped key whose header does not parse). Key ids with no user are left out.
+    """
+
+    oprf: dict[str, int]
+    data: dict[str, int]
 
 
 class TakeResult(NamedTuple):
@@ -250,6 +300,23 @@ class RegistryStore(Protocol):
 
     def set_checkpoint(self, name: str, value: str | None) -> None:
         """Set or (None) clear a named checkpoint."""
+
+    def feed_head(self) -> int:
+        """The highest change-feed sequence number assigned so far (0 if none)."""
+
+    def changes(self, after: int, limit: int) -> FeedPage:
+        """Change-feed entries after sequence ``after``, ascending, at most ``limit``."""
+
+    def compact_feed(
+        self, *, before_seq: int | None = None, older_than: float | None = None
+    ) -> int:
+        """Drop old change-feed entries; returns how many went."""
+
+    def store_id(self) -> str:
+        """The store's stable random identity, created with its schema."""
+
+    def key_census(self) -> KeyCensus:
+        """Users per OPRF key id and per data-key id, without scanning the users."""
 
     def close(self) -> None:
         """Release connections; the store is unusable afterwards."""
@@ -368,6 +435,59 @@ def _fingerprints(values: object) -> list[bytes]:
     )
 
 
+def wrapped_key_id(wrapped: bytes) -> str:
+    """The data-key id in a wrapped user key's header, or ``""`` if the header does not parse.
+
+    Mirrors the layout of :mod:`contactmatch.atrest` (``0x02 | len | key id | ...``) without
+    importing it: stores treat the blob as opaque except for this census of key ids.
+    """
+    if len(wrapped) < 2 or wrapped[0] != _WRAP_VERSION:
+        return ""
+    n = wrapped[1]
+    kid = wrapped[2 : 2 + n]
+    if len(kid) != n or not kid.isascii():
+        return ""
+    text = kid.decode("ascii")
+    return text if _KEY_ID_MATCH(text) is not None else ""
+
+
+#: Census kinds as the SQL adapters store them: OPRF (token) key ids and data-key ids.
+CENSUS_OPRF, CENSUS_DATA = 0, 1
+
+
+def census_deltas(
+    added: Iterable[tuple[str, bytes]], removed: Iterable[tuple[str, bytes]] = ()
+) -> dict[tuple[int, str], int]:
+    """Key-census changes for registrations added and removed, as ``(key id, wrapped key)``.
+
+    Returns ``{(kind, key id): delta}`` without zero deltas (a replacement under the same keys
+    changes nothing). Wrapped keys are grouped by their header bytes first, so a batch of a
+    million users sharing one data key parses one header, not a million.
+    """
+    out: Counter[tuple[int, str]] = Counter()
+    for pairs, sign in ((added, 1), (removed, -1)):
+        kids: Counter[str] = Counter()
+        heads: Counter[bytes] = Counter()
+        for kid, wk in pairs:
+            kids[kid] += 1
+            heads[wk[: 2 + wk[1]] if len(wk) > 1 else wk] += 1
+        for kid, n in kids.items():
+            out[(CENSUS_OPRF, kid)] += sign * n
+        for head, n in heads.items():
+            out[(CENSUS_DATA, wrapped_key_id(head))] += sign * n
+    return {k: n for k, n in out.items() if n}
+
+
+def census_from(rows: Iterable[tuple[int, str, int]]) -> KeyCensus:
+    """A :class:`KeyCensus` from ``(kind, key id, count)`` rows (rows counting 0 left out)."""
+    oprf: dict[str, int] = {}
+    data: dict[str, int] = {}
+    for kind, kid, n in rows:
+        if n:
+            (oprf if kind == CENSUS_OPRF else data)[kid] = int(n)
+    return KeyCensus(oprf=oprf, data=data)
+
+
 def no_duplicates(values: Sequence[object], what: str) -> None:
     """Refuse a batch that names the same thing twice (its outcome would depend on order)."""
     if len(set(values)) != len(values):
@@ -382,6 +502,12 @@ class BaseStore:
 
     #: Scheme names this adapter is registered under (for messages only).
     name = "base"
+    #: Stamps change-feed entries (their ``at``, whole seconds); a private hook for tests.
+    _clock: Callable[[], float] = staticmethod(time.time)
+
+    def _feed_time(self) -> int:
+        """The ``at`` of feed entries written now: whole seconds of :attr:`_clock`."""
+        return int(self._clock())
 
     def __enter__(self) -> Self:
         return self
@@ -722,6 +848,85 @@ class BaseStore:
         with self._mapped("set_checkpoint"):
             self._set_checkpoint(n, value)
 
+    # change feed and identity -----------------------------------------------------------
+
+    def feed_head(self) -> int:
+        """The highest sequence number the change feed has assigned (0 for a new store).
+
+        Compaction never lowers it: numbers are never reused. A follower that rebuilds from
+        the store reads the head first, then scans, then follows from the head.
+        """
+        with self._mapped("feed_head"):
+            return self._feed_head()
+
+    def changes(self, after: int, limit: int) -> FeedPage:
+        """Read the change feed after sequence ``after``; see :class:`FeedPage`.
+
+        Every mutation of a registration (``put_users``, ``rekey_users``,
+        ``set_discoverability``, ``delete_account``) appended one entry per affected user in
+        the same transaction, and sequence numbers follow commit order: once a page ending at
+        ``S`` was returned, no entry numbered ``S`` or less appears later (Redis Cluster: see
+        ``docs/storage.md``, The change feed).
+
+        Args:
+            after: the last sequence number the caller has applied (0 for the beginning).
+            limit: most entries to return, 1..100000.
+
+        Returns:
+            The entries (``(seq, user_id)``, ascending), the head, and whether the feed still
+            reaches back to ``after``.
+        """
+        a = check_int(after, "after", 0, _SEQ_MAX)
+        n = check_int(limit, "limit", 1, FEED_PAGE_MAX)
+        with self._mapped("changes"):
+            return self._changes(a, n)
+
+    def compact_feed(
+        self, *, before_seq: int | None = None, older_than: float | None = None
+    ) -> int:
+        """Remove a prefix of the change feed that no follower needs any more.
+
+        With ``before_seq``, entries numbered below it may go (pass the oldest position any
+        process or snapshot may still resume from); with ``older_than`` (a time in seconds,
+        like ``now``), entries stamped before it may go, stopping at the first younger entry,
+        so compaction never leaves a hole. With both, an entry goes only if both allow it.
+        A follower whose position falls in the removed range gets ``complete=False`` and
+        rescans the store. After compaction (and, on PostgreSQL and SQLite, the vacuum step)
+        the removed entries' user ids are gone from storage.
+
+        Returns:
+            How many entries were removed.
+
+        Raises:
+            InvalidInput: neither limit given, or one out of range.
+        """
+        if before_seq is None and older_than is None:
+            raise InvalidInput("compact_feed needs before_seq or older_than")
+        b = None if before_seq is None else check_int(before_seq, "before_seq", 0, _SEQ_MAX)
+        t = None if older_than is None else check_time(older_than, "older_than")
+        with self._mapped("compact_feed"):
+            return self._compact_feed(b, t)
+
+    def store_id(self) -> str:
+        """A random identity created with the store's schema, stable across reopen.
+
+        Snapshot files are tagged with it, so a snapshot made from another store (or another
+        prefix or schema of the same server) is refused. Never derived from the URL: two
+        stores on one server differ, one store reached by two URLs is the same.
+        """
+        with self._mapped("store_id"):
+            return self._store_id()
+
+    def key_census(self) -> KeyCensus:
+        """Users per OPRF key id and per data-key id, from counters kept with every write.
+
+        Exact after deletions and rotations (the counters change in the same transaction as
+        the rows), and cheap: a few rows, whatever the number of users. The service checks it
+        at start-up against the keys it holds (``docs/storage.md``, Key census).
+        """
+        with self._mapped("key_census"):
+            return self._key_census()
+
     def close(self) -> None:
         """Release connections."""
         with self._mapped("close"):
@@ -796,25 +1001,47 @@ class BaseStore:
     def _set_checkpoint(self, name: str, value: str | None) -> None:
         raise NotImplementedError
 
+    def _feed_head(self) -> int:
+        raise NotImplementedError
+
+    def _changes(self, after: int, limit: int) -> FeedPage:
+        raise NotImplementedError
+
+    def _compact_feed(self, before_seq: int | None, older_than: float | None) -> int:
+        raise NotImplementedError
+
+    def _store_id(self) -> str:
+        raise NotImplementedError
+
+    def _key_census(self) -> KeyCensus:
+        raise NotImplementedError
+
     def _close(self) -> None:
         raise NotImplementedError
 
 
-def user_row(u: UserRecord) -> tuple[str, bytes, str, bytes, int, float, float]:
-    """The ``users`` column tuple of a record (SQLite and PostgreSQL); the key goes elsewhere."""
+def user_row(u: UserRecord, kid: int) -> tuple[str, bytes, int, bytes, int, float, float | None]:
+    """The ``users`` column tuple of a record (SQLite and PostgreSQL); the key goes elsewhere.
+
+    ``kid`` is the key id's code in the ``key_ids`` table (one small integer instead of up to
+    32 characters per row), and ``updated_at`` is NULL while it equals ``created_at`` (most
+    users register once): 8 bytes per row saved, read back with ``coalesce``.
+    """
+    cat, uat = u.created_at, u.updated_at
     return (
         u.user_id,
         u.token,
-        u.key_id,
+        kid,
         u.number_ct,
         DISC_CODES[u.discoverability],
-        u.created_at,
-        u.updated_at,
+        cat,
+        None if uat == cat else uat,
     )
 
 
 def record_from_row(row: Sequence[Any]) -> UserRecord:
-    """The record of a SQL row in :func:`user_row` column order plus the wrapped key last."""
+    """The record of a SQL row read as ``(user_id, token, key_id, number_ct, disc, created_at,
+    updated_at, wrapped)``: key id by name (joined from ``key_ids``), times coalesced."""
     return UserRecord(
         user_id=row[0],
         token=bytes(row[1]),

@@ -3,11 +3,17 @@
 The wrapped per-user key stays inside the record here: the narrow key table the other adapters
 keep exists so that on-disk residue of a deleted row is undecryptable, and this store has no
 disk, no dead rows and no residue.
+
+The change feed is a list numbered without gaps, appended under the same lock as each change;
+the key census is two counters kept with every write (the reference the other adapters' tests
+compare with a scan).
 """
 
 from __future__ import annotations
 
+import bisect
 import hmac
+import secrets
 import threading
 from dataclasses import replace
 
@@ -15,12 +21,15 @@ from contactmatch.errors import Conflict, UnknownUser
 from contactmatch.stores.base import (
     BaseStore,
     Discoverability,
+    FeedPage,
+    KeyCensus,
     Rekey,
     TakeResult,
     UserRecord,
     drain_time,
     leak,
     take_decision,
+    wrapped_key_id,
 )
 
 __all__ = ["MemoryStore"]
@@ -44,12 +53,40 @@ class MemoryStore(BaseStore):
         self._seen: dict[str, dict[bytes, float]] = {}
         self._stats: dict[str, int] = {}
         self._checkpoints: dict[str, str] = {}
+        # change feed: (seq, user id, at), ascending and gapless; head and compaction floor
+        self._feed: list[tuple[int, str, int]] = []
+        self._head = 0
+        self._floor = 0
+        self._oprf: dict[str, int] = {}
+        self._data: dict[str, int] = {}
+        self._id = "memory-" + secrets.token_hex(16)
+
+    def _count(self, rec: UserRecord, delta: int) -> None:
+        """Move the key census by ``delta`` for ``rec``'s OPRF and data key ids."""
+        for counts, kid in (
+            (self._oprf, rec.key_id),
+            (self._data, wrapped_key_id(rec.wrapped_key)),
+        ):
+            n = counts.get(kid, 0) + delta
+            if n:
+                counts[kid] = n
+            else:
+                del counts[kid]
+
+    def _log(self, user_ids: list[str]) -> None:
+        """Append one feed entry per user id (called under the lock, with the change)."""
+        at, seq = self._feed_time(), self._head
+        self._feed.extend((seq + i, uid, at) for i, uid in enumerate(user_ids, 1))
+        self._head = seq + len(user_ids)
 
     def _store_user(self, old: UserRecord | None, new: UserRecord) -> None:
-        if old is not None and old.token != new.token:
-            del self._by_token[old.token]
+        if old is not None:
+            if old.token != new.token:
+                del self._by_token[old.token]
+            self._count(old, -1)
         self._users[new.user_id] = new
         self._by_token[new.token] = new.user_id
+        self._count(new, 1)
 
     # users --------------------------------------------------------------------------------
 
@@ -60,13 +97,18 @@ class MemoryStore(BaseStore):
                 owner = by_token.get(u.token)
                 if owner is not None and owner != u.user_id:
                     raise Conflict("a token in the batch belongs to another user")
+            oprf, data = self._oprf, self._data
             for u in users:
                 old = by_id.get(u.user_id)
-                if old is None:  # the bulk-load case, kept to two dict writes
+                if old is None:  # the bulk-load case, kept to plain dict writes
                     by_id[u.user_id] = u
                     by_token[u.token] = u.user_id
+                    oprf[u.key_id] = oprf.get(u.key_id, 0) + 1
+                    dk = wrapped_key_id(u.wrapped_key)
+                    data[dk] = data.get(dk, 0) + 1
                 else:
                     self._store_user(old, replace(u, created_at=old.created_at))
+            self._log([u.user_id for u in users])
 
     def _get_users(self, user_ids: list[str]) -> list[UserRecord | None]:
         with self._lock:
@@ -88,6 +130,7 @@ class MemoryStore(BaseStore):
             for uid, d in changes.items():
                 old = self._users[uid]
                 self._store_user(old, replace(old, discoverability=d, updated_at=now))
+            self._log(list(changes))
 
     def _rekey_users(self, updates: list[Rekey], now: float) -> int:
         with self._lock:
@@ -95,7 +138,7 @@ class MemoryStore(BaseStore):
                 owner = self._by_token.get(u.new_token)
                 if owner is not None and owner != u.user_id:
                     raise Conflict("a new token belongs to another user")
-            done = 0
+            done: list[str] = []
             for u in updates:
                 old = self._users.get(u.user_id)
                 if old is None or not hmac.compare_digest(old.token, u.old_token):
@@ -111,8 +154,9 @@ class MemoryStore(BaseStore):
                     updated_at=now,
                 )
                 self._store_user(old, new)
-                done += 1
-            return done
+                done.append(u.user_id)
+            self._log(done)
+            return len(done)
 
     def _scan_users(self, after: str | None, limit: int) -> list[UserRecord]:
         with self._lock:
@@ -129,7 +173,9 @@ class MemoryStore(BaseStore):
             if old is None:
                 return False
             del self._by_token[old.token]
+            self._count(old, -1)
             self._drop_contacts(user_id)
+            self._log([user_id])
             return True
 
     # contacts -----------------------------------------------------------------------------
@@ -235,6 +281,43 @@ class MemoryStore(BaseStore):
                 self._checkpoints.pop(name, None)
             else:
                 self._checkpoints[name] = value
+
+    # change feed and identity -----------------------------------------------------------
+
+    def _feed_head(self) -> int:
+        with self._lock:
+            return self._head
+
+    def _changes(self, after: int, limit: int) -> FeedPage:
+        with self._lock:
+            feed = self._feed
+            i = bisect.bisect_right(feed, after, key=lambda e: e[0])
+            entries = [(seq, uid) for seq, uid, _at in feed[i : i + limit]]
+            ok = self._floor <= after <= self._head
+            return FeedPage(entries=entries, head=self._head, complete=ok)
+
+    def _compact_feed(self, before_seq: int | None, older_than: float | None) -> int:
+        with self._lock:
+            feed = self._feed
+            cut = (
+                len(feed)
+                if before_seq is None
+                else bisect.bisect_left(feed, before_seq, key=lambda e: e[0])
+            )
+            if older_than is not None:
+                young = next((i for i, e in enumerate(feed[:cut]) if e[2] >= older_than), cut)
+                cut = min(cut, young)
+            if cut:
+                self._floor = max(self._floor, feed[cut - 1][0])
+                del feed[:cut]
+            return cut
+
+    def _store_id(self) -> str:
+        return self._id
+
+    def _key_census(self) -> KeyCensus:
+        with self._lock:
+            return KeyCensus(oprf=dict(self._oprf), data=dict(self._data))
 
     def _close(self) -> None:
         return None

@@ -13,6 +13,11 @@ with a connection of its own retries ``TRUNCATE`` (never waiting on a lock, back
 ``SCRUB_MAX_INTERVAL``) until it succeeds. The user's bytes thus leave both files at most
 ``SCRUB_MAX_INTERVAL`` seconds (plus the checkpoint's own time) after the last reader holding
 a snapshot from before the deletion has finished.
+
+The change feed is the ``feed`` table (``seq`` is its rowid: no secondary index), numbered from
+a counter in ``meta`` that each write transaction reads and advances: SQLite has one writer at a
+time, so numbering order is commit order. The key census is ``key_census``, moved by every
+write in the same transaction.
 """
 
 from __future__ import annotations
@@ -37,9 +42,13 @@ from contactmatch.stores.base import (
     DISC_CODES,
     BaseStore,
     Discoverability,
+    FeedPage,
+    KeyCensus,
     Rekey,
     TakeResult,
     UserRecord,
+    census_deltas,
+    census_from,
     drain_time,
     leak,
     record_from_row,
@@ -50,6 +59,7 @@ from contactmatch.stores.base import (
 __all__ = ["SCHEMA_VERSION", "SCRUB_MAX_INTERVAL", "SQLiteStore"]
 
 _CHUNK = 500  # well under SQLite's bound-parameter limit
+_MMAP_BYTES = 1 << 40  # map the whole file, whatever its size (address space, not memory)
 #: First retry of a busy truncating checkpoint, in seconds; doubles up to the next value.
 SCRUB_FIRST_RETRY = 0.02
 #: Longest wait between two truncating checkpoint attempts (the erasure deadline's term).
@@ -152,23 +162,69 @@ MIGRATIONS: list[str] = [
     ) WITHOUT ROWID;
     CREATE INDEX seen_added ON seen (added);
     """,
+    # v3: the change feed (seq = rowid, no other index) and its counters; the store's identity;
+    # key ids as small integer codes (one byte per row instead of up to 32); updated_at NULL
+    # while it equals created_at; the key census (filled from the rows by _census_v3).
+    """
+    CREATE TABLE meta (name TEXT PRIMARY KEY, value NOT NULL) WITHOUT ROWID;
+    INSERT INTO meta VALUES ('store_id', 'sqlite-' || lower(hex(randomblob(16))));
+    INSERT INTO meta VALUES ('feed_head', 0);
+    INSERT INTO meta VALUES ('feed_floor', 0);
+    CREATE TABLE key_ids (code INTEGER PRIMARY KEY, key_id TEXT NOT NULL UNIQUE);
+    INSERT INTO key_ids (key_id) SELECT DISTINCT key_id FROM users ORDER BY key_id;
+    CREATE TABLE users_v3 (
+        user_id TEXT PRIMARY KEY,
+        token BLOB NOT NULL UNIQUE,
+        kid INTEGER NOT NULL,
+        number_ct BLOB NOT NULL,
+        disc INTEGER NOT NULL,
+        created_at REAL NOT NULL,
+        updated_at REAL
+    );
+    INSERT INTO users_v3
+        SELECT u.user_id, u.token, i.code, u.number_ct, u.disc, u.created_at,
+               nullif(u.updated_at, u.created_at)
+        FROM users u JOIN key_ids i ON i.key_id = u.key_id ORDER BY u.rowid;
+    DROP TABLE users;
+    ALTER TABLE users_v3 RENAME TO users;
+    CREATE TABLE key_census (
+        kind INTEGER NOT NULL,
+        key_id TEXT NOT NULL,
+        n INTEGER NOT NULL,
+        PRIMARY KEY (kind, key_id)
+    ) WITHOUT ROWID;
+    CREATE TABLE feed (seq INTEGER PRIMARY KEY, user_id TEXT NOT NULL, at INTEGER NOT NULL);
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 # Queries below are built from these constants and "?" markers only, never from input (S608).
-USER_COLS = "user_id, token, key_id, number_ct, disc, created_at, updated_at"
+USER_COLS = "user_id, token, kid, number_ct, disc, created_at, updated_at"
 SELECT_USERS = (
-    "SELECT u.user_id, u.token, u.key_id, u.number_ct, u.disc, u.created_at, u.updated_at, "
-    "k.wrapped FROM users u JOIN user_keys k ON k.user_id = u.user_id"
+    "SELECT u.user_id, u.token, i.key_id, u.number_ct, u.disc, u.created_at, "
+    "coalesce(u.updated_at, u.created_at), k.wrapped FROM users u "
+    "JOIN user_keys k ON k.user_id = u.user_id JOIN key_ids i ON i.code = u.kid"
+)
+#: (key id, wrapped key) of users, for the key census of a change that replaces them.
+SELECT_KEYS = (
+    "SELECT i.key_id, k.wrapped FROM users u JOIN user_keys k ON k.user_id = u.user_id "
+    "JOIN key_ids i ON i.code = u.kid"
 )
 INSERT_USER = f"INSERT INTO users ({USER_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?)"  # noqa: S608
+# An upsert keeps created_at, so updated_at is stored as NULL only if it equals the kept one.
 UPSERT_USER = (
     f"INSERT INTO users ({USER_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?) "  # noqa: S608 - constants
-    "ON CONFLICT (user_id) DO UPDATE SET token = excluded.token, key_id = excluded.key_id, "
-    "number_ct = excluded.number_ct, disc = excluded.disc, updated_at = excluded.updated_at"
+    "ON CONFLICT (user_id) DO UPDATE SET token = excluded.token, kid = excluded.kid, "
+    "number_ct = excluded.number_ct, disc = excluded.disc, updated_at = "
+    "nullif(coalesce(excluded.updated_at, excluded.created_at), users.created_at)"
 )
 INSERT_KEY = "INSERT INTO user_keys (user_id, wrapped) VALUES (?, ?)"
 UPSERT_KEY = INSERT_KEY + " ON CONFLICT (user_id) DO UPDATE SET wrapped = excluded.wrapped"
+UPSERT_CENSUS = (
+    "INSERT INTO key_census (kind, key_id, n) VALUES (?, ?, ?) "
+    "ON CONFLICT (kind, key_id) DO UPDATE SET n = n + excluded.n"
+)
+INSERT_FEED = "INSERT INTO feed (seq, user_id, at) VALUES (?, ?, ?)"
 
 
 def _chunks(items: Sequence[Any], n: int = _CHUNK) -> Iterator[Sequence[Any]]:
@@ -194,7 +250,7 @@ class SQLiteStore(BaseStore):
     name = "sqlite"
 
     def __init__(
-        self, url: str = "sqlite:///contactmatch.db", *, timeout: float = 30.0, cache_mb: int = 64
+        self, url: str = "sqlite:///contactmatch.db", *, timeout: float = 30.0, cache_mb: int = 8
     ) -> None:
         """Open (creating and migrating if needed) the database named by ``url``.
 
@@ -209,6 +265,8 @@ class SQLiteStore(BaseStore):
         """
         self.path = path_from_url(url)
         self._lock = threading.RLock()
+        self._codes: dict[str, int] = {}  # key id -> code; codes never change once written
+        self._id: str | None = None
         self._scrubber = None if self.path == ":memory:" else _Scrubber(self.path)
         with self._mapped("open"):
             if self.path != ":memory:":
@@ -228,7 +286,11 @@ class SQLiteStore(BaseStore):
         c.execute("PRAGMA journal_mode = WAL")
         c.execute("PRAGMA secure_delete = ON")
         c.execute("PRAGMA synchronous = NORMAL")
-        # 64 MiB of page cache (default 2 MiB): the token index is random-access by nature.
+        # Reads go through a memory map of the file: its pages are the kernel's page cache,
+        # shared with every process on the machine, instead of a private per-connection
+        # cache (64 MiB of anonymous memory per server process in 0.1). The private cache
+        # then only needs to hold what the map does not: pages being written.
+        c.execute(f"PRAGMA mmap_size = {_MMAP_BYTES}")
         c.execute(f"PRAGMA cache_size = -{int(cache_mb) * 1024}")
         with self._tx() as cur:
             version = cur.execute("PRAGMA user_version").fetchone()[0]
@@ -241,6 +303,8 @@ class SQLiteStore(BaseStore):
                     raise StoreError(_V1_USERS)
                 for stmt in _statements(MIGRATIONS[i]):
                     cur.execute(stmt)
+                if i == 2:
+                    _census_v3(cur)
                 cur.execute(f"PRAGMA user_version = {i + 1}")
 
     @contextmanager
@@ -272,23 +336,81 @@ class SQLiteStore(BaseStore):
 
     # users --------------------------------------------------------------------------------
 
+    def _codes_for(self, key_ids: set[str]) -> dict[str, int]:
+        """Codes of ``key_ids``, creating missing ones in a transaction of their own.
+
+        Committed before the change that uses them, so a rolled-back change never leaves this
+        process caching a code the file does not hold; codes are never changed or reused.
+        """
+        missing = key_ids - self._codes.keys()
+        if missing:
+            with self._tx() as cur:
+                cur.executemany(
+                    "INSERT OR IGNORE INTO key_ids (key_id) VALUES (?)", [(k,) for k in missing]
+                )
+            with self._read() as cur:
+                self._codes.update(cur.execute("SELECT key_id, code FROM key_ids").fetchall())
+        return self._codes
+
+    def _log(self, cur: sqlite3.Cursor, user_ids: Sequence[str]) -> None:
+        """Append one feed entry per user, numbered after the head, in the caller's transaction.
+
+        The caller holds the write lock (``BEGIN IMMEDIATE``), so no other writer can number
+        entries between the read of the head and the commit: numbers follow commit order.
+        """
+        if not user_ids:
+            return
+        n = len(user_ids)
+        head = cur.execute(
+            "UPDATE meta SET value = value + ? WHERE name = 'feed_head' RETURNING value", (n,)
+        ).fetchone()[0]
+        first, at = int(head) - n, self._feed_time()
+        cur.executemany(INSERT_FEED, [(first + i, u, at) for i, u in enumerate(user_ids, 1)])
+
+    @staticmethod
+    def _count(
+        cur: sqlite3.Cursor,
+        added: Sequence[tuple[str, bytes]],
+        removed: Sequence[tuple[str, bytes]] = (),
+    ) -> None:
+        deltas = census_deltas(added, removed)
+        cur.executemany(UPSERT_CENSUS, [(kind, kid, n) for (kind, kid), n in deltas.items()])
+
+    @staticmethod
+    def _old_keys(cur: sqlite3.Cursor, user_ids: Sequence[str]) -> list[tuple[str, bytes]]:
+        """(key id, wrapped key) of those of ``user_ids`` that exist, for the census."""
+        out: list[tuple[str, bytes]] = []
+        for chunk in _chunks(user_ids):
+            q = f"{SELECT_KEYS} WHERE u.user_id IN ({_marks(len(chunk))})"
+            out += [(kid, bytes(wk)) for kid, wk in cur.execute(q, chunk)]
+        return out
+
     def _put_users(self, users: list[UserRecord]) -> None:
         # Plain INSERT for the bulk-load case. If any user already exists (or a token clashes,
         # which the upsert then reports) the whole transaction is rolled back and the batch
         # redone as an upsert. Not a savepoint: SQLite copies every page a savepoint touches
         # into a sub-journal, which costs a bulk load a third of its speed.
+        codes = self._codes_for({u.key_id for u in users})
+        rows = [user_row(u, codes[u.key_id]) for u in users]
         keys = [(u.user_id, u.wrapped_key) for u in users]
+        ids = [u.user_id for u in users]
+        census = [(u.key_id, u.wrapped_key) for u in users]
         try:
             with self._tx() as cur:
-                cur.executemany(INSERT_USER, map(user_row, users))
+                cur.executemany(INSERT_USER, rows)
                 cur.executemany(INSERT_KEY, keys)
+                self._count(cur, census)
+                self._log(cur, ids)
         except sqlite3.IntegrityError:
             pass
         else:
             return
         with self._tx() as cur:
-            cur.executemany(UPSERT_USER, map(user_row, users))
+            old = self._old_keys(cur, ids)
+            cur.executemany(UPSERT_USER, rows)
             cur.executemany(UPSERT_KEY, keys)
+            self._count(cur, census, old)
+            self._log(cur, ids)
 
     def _get_users(self, user_ids: list[str]) -> list[UserRecord | None]:
         found: dict[str, UserRecord] = {}
@@ -313,33 +435,44 @@ class SQLiteStore(BaseStore):
         with self._tx() as cur:
             for uid, d in changes.items():
                 cur.execute(
-                    "UPDATE users SET disc = ?, updated_at = ? WHERE user_id = ?",
+                    "UPDATE users SET disc = ?, updated_at = nullif(?, created_at) "
+                    "WHERE user_id = ?",
                     (DISC_CODES[d], now, uid),
                 )
                 if cur.rowcount == 0:
                     raise UnknownUser(f"no registered user {uid!r}")
+            self._log(cur, list(changes))
 
     def _rekey_users(self, updates: list[Rekey], now: float) -> int:
+        codes = self._codes_for({u.key_id for u in updates})
+        done: list[str] = []
+        added: list[tuple[str, bytes]] = []
+        removed: list[tuple[str, bytes]] = []
         with self._tx() as cur:
-            # Keys first, while the user's row still holds the old token to match against.
-            cur.executemany(
-                "UPDATE user_keys SET wrapped = ? WHERE user_id = ? AND EXISTS "
-                "(SELECT 1 FROM users WHERE user_id = ? AND token = ?)",
-                [
-                    (u.wrapped_key, u.user_id, u.user_id, u.old_token)
-                    for u in updates
-                    if u.wrapped_key is not None
-                ],
-            )
-            cur.executemany(
-                "UPDATE users SET token = ?, key_id = ?, number_ct = coalesce(?, number_ct), "
-                "updated_at = ? WHERE user_id = ? AND token = ?",
-                [
-                    (u.new_token, u.key_id, u.number_ct, now, u.user_id, u.old_token)
-                    for u in updates
-                ],
-            )
-            return max(cur.rowcount, 0)
+            for u in updates:
+                # Only while the row still holds the old token; read first for the census.
+                old = cur.execute(
+                    f"{SELECT_KEYS} WHERE u.user_id = ? AND u.token = ?",
+                    (u.user_id, u.old_token),
+                ).fetchone()
+                if old is None:
+                    continue
+                if u.wrapped_key is not None:
+                    cur.execute(
+                        "UPDATE user_keys SET wrapped = ? WHERE user_id = ?",
+                        (u.wrapped_key, u.user_id),
+                    )
+                cur.execute(
+                    "UPDATE users SET token = ?, kid = ?, number_ct = coalesce(?, number_ct), "
+                    "updated_at = nullif(?, created_at) WHERE user_id = ?",
+                    (u.new_token, codes[u.key_id], u.number_ct, now, u.user_id),
+                )
+                removed.append((old[0], bytes(old[1])))
+                added.append((u.key_id, bytes(old[1]) if u.wrapped_key is None else u.wrapped_key))
+                done.append(u.user_id)
+            self._count(cur, added, removed)
+            self._log(cur, done)
+        return len(done)
 
     def _scan_users(self, after: str | None, limit: int) -> list[UserRecord]:
         with self._read() as cur:
@@ -355,11 +488,14 @@ class SQLiteStore(BaseStore):
 
     def _delete_account(self, user_id: str) -> bool:
         with self._tx() as cur:
+            old = self._old_keys(cur, [user_id])
             cur.execute("DELETE FROM users WHERE user_id = ?", (user_id,))
             if cur.rowcount == 0:
                 return False
             cur.execute("DELETE FROM user_keys WHERE user_id = ?", (user_id,))
             cur.execute("DELETE FROM contacts WHERE owner = ?", (user_id,))
+            self._count(cur, [], old)
+            self._log(cur, [user_id])
         self._scrub()
         return True
 
@@ -488,6 +624,73 @@ class SQLiteStore(BaseStore):
             busy, frames, _done = self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
         return {"vacuumed": 1, "checkpoint_busy": int(busy), "wal_frames_left": max(int(frames), 0)}
 
+    # change feed and identity -----------------------------------------------------------
+
+    def _feed_head(self) -> int:
+        with self._read() as cur:
+            row = cur.execute("SELECT value FROM meta WHERE name = 'feed_head'").fetchone()
+        return int(row[0])
+
+    def _changes(self, after: int, limit: int) -> FeedPage:
+        with self._lock:
+            cur = self._conn.cursor()
+            # One read transaction: the entries, head and floor come from one snapshot.
+            cur.execute("BEGIN")
+            try:
+                meta = dict(
+                    cur.execute(
+                        "SELECT name, value FROM meta WHERE name IN ('feed_head', 'feed_floor')"
+                    ).fetchall()
+                )
+                rows = cur.execute(
+                    "SELECT seq, user_id FROM feed WHERE seq > ? ORDER BY seq LIMIT ?",
+                    (after, limit),
+                ).fetchall()
+            finally:
+                cur.execute("COMMIT")
+        head, floor = int(meta["feed_head"]), int(meta["feed_floor"])
+        return FeedPage(
+            entries=[(int(q), str(u)) for q, u in rows],
+            head=head,
+            complete=floor <= after <= head,
+        )
+
+    def _compact_feed(self, before_seq: int | None, older_than: float | None) -> int:
+        with self._tx() as cur:
+            cut = before_seq
+            if older_than is not None:
+                # Stop at the first entry stamped at or after the limit: a prefix, no hole.
+                young = cur.execute(
+                    "SELECT min(seq) FROM feed WHERE at >= ?", (older_than,)
+                ).fetchone()[0]
+                if young is not None:
+                    cut = young if cut is None else min(cut, int(young))
+            if cut is None:
+                top = cur.execute("SELECT max(seq) FROM feed").fetchone()[0]
+                cut = 0 if top is None else int(top) + 1
+            top = cur.execute("SELECT max(seq) FROM feed WHERE seq < ?", (cut,)).fetchone()[0]
+            if top is None:
+                return 0
+            cur.execute("DELETE FROM feed WHERE seq < ?", (cut,))
+            removed = max(cur.rowcount, 0)
+            cur.execute(
+                "UPDATE meta SET value = max(value, ?) WHERE name = 'feed_floor'", (int(top),)
+            )
+        # secure_delete zeroed the rows; their older page images leave the WAL as on a delete.
+        self._scrub()
+        return removed
+
+    def _store_id(self) -> str:
+        if self._id is None:
+            with self._read() as cur:
+                row = cur.execute("SELECT value FROM meta WHERE name = 'store_id'").fetchone()
+            self._id = str(row[0])
+        return self._id
+
+    def _key_census(self) -> KeyCensus:
+        with self._read() as cur:
+            return census_from(cur.execute("SELECT kind, key_id, n FROM key_census").fetchall())
+
     # stats and checkpoints ----------------------------------------------------------------
 
     def _incr_stats(self, deltas: dict[str, int]) -> None:
@@ -597,6 +800,13 @@ class _Scrubber:
         except sqlite3.OperationalError:  # locked: same as busy
             return False
         return int(busy) == 0
+
+
+def _census_v3(cur: sqlite3.Cursor) -> None:
+    """Fill the key census from the rows that exist when migrating to v3 (one scan, once)."""
+    rows = cur.execute(SELECT_KEYS)
+    while page := rows.fetchmany(10_000):
+        SQLiteStore._count(cur.connection.cursor(), [(k, bytes(w)) for k, w in page])
 
 
 def _marks(n: int) -> str:

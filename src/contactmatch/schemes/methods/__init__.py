@@ -1,0 +1,35 @@
+"""Membership methods: where the match happens, as objects behind one small protocol.
+
+A scheme is a token function × a membership method (see ``docs/schemes.md``). The method
+objects answer their requests over a :class:`~contactmatch.registry.shared.TokenRegistry`,
+the one registry of the scheme's token function that every method shares.
+"""
+
+from __future__ import annotations
+
+from contactmatch.schemes.methods.base import MembershipMethod
+from contactmatch.schemes.methods.bucket import BucketMethod
+from contactmatch.schemes.methods.filter import FilterMethod
+from contactmatch.schemes.methods.lookup import LookupMethod
+
+__all__ = [
+    "METHODS",
+    "BucketMethod",
+    "FilterMethod",
+    "LookupMethod",
+    "MembershipMethod",
+    "method_for",
+]
+
+#: The method object for each method name a scheme may carry.
+METHODS: dict[str, MembershipMethod] = {
+    m.name: m for m in (LookupMethod(), BucketMethod(), FilterMethod())
+}
+
+
+def method_for(name: str) -> MembershipMethod:
+    """The method called ``name`` (``lookup``, ``bucket`` or ``filter``)."""
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise ValueError(f"no membership method {name[:20]!r}") from None

@@ -1,0 +1,40 @@
+"""The protocol every membership method implements."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import ClassVar
+
+from contactmatch.errors import MalformedMessage
+from contactmatch.registry.shared import TokenRegistry
+from contactmatch.schemes.wire import Message
+
+__all__ = ["MembershipMethod"]
+
+
+class MembershipMethod(ABC):
+    """Decides where a match happens and answers the server's side of it.
+
+    Methods are stateless: everything they read is in the registry they are handed, so one
+    instance serves every scheme that uses the method.
+    """
+
+    #: The method's name in scheme names (``oprf+filter``).
+    name: ClassVar[str]
+    #: Whether the method publishes a filter that clients download.
+    publishes_filter: ClassVar[bool] = False
+    #: Request message types this method answers (after the token function's own round).
+    requests: ClassVar[tuple[type[Message], ...]]
+
+    def bits(self, registry: TokenRegistry, anonymity: int) -> int:
+        """Bucket prefix bits published in the scheme's info (0 for methods without)."""
+        del registry, anonymity
+        return 0
+
+    @abstractmethod
+    def answer(self, msg: Message, registry: TokenRegistry, *, key_id: str, bits: int) -> Message:
+        """Answer a request of one of :attr:`requests` over ``registry``."""
+
+    def refuse(self, msg: Message, scheme: str) -> MalformedMessage:
+        """The error for a request this method does not answer."""
+        return MalformedMessage(f"{scheme} does not answer {msg.NAME}")

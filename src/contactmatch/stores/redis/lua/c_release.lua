@@ -1,0 +1,3 @@
+-- Cluster step. KEYS: token index key; ARGV: uid. Drop the entry only if it still names uid.
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
