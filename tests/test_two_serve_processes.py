@@ -88,13 +88,22 @@ class Serve:
             self.proc = None
 
 
+@pytest.fixture(params=["sqlite", "postgres", "redis", "redis-cluster"])
+def backend(request: pytest.FixtureRequest) -> str:
+    """Every store several processes can share (memory:// is one process's own)."""
+    name: str = request.param
+    return name
+
+
 @pytest.fixture
-def world(tmp_path: Path) -> Iterator[tuple[list[Serve], DiscoveryServer, ServerKey]]:
+def world(
+    tmp_path: Path, store_url: str
+) -> Iterator[tuple[list[Serve], DiscoveryServer, ServerKey]]:
     key = ServerKey.generate(Mode.OPRF)
     key.save(tmp_path / "k")
     data_key = DataKey.generate()
     data_key.save(tmp_path / "k.data")
-    url = f"sqlite:///{tmp_path}/reg.db"
+    url = store_url
     backend = DiscoveryServer(open_store(url), key, data_key)  # the messenger's own writes
     backend.register("me", "+989350000001")
     servers = [Serve(url, tmp_path / "k", tmp_path / "k.data", tmp_path / "snaps") for _ in "ab"]
