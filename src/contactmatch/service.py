@@ -226,12 +226,6 @@ class DiscoveryServer:
         key = self.data_key
         return [key.open_number(r.number_ct, r.wrapped_key, r.user_id, r.token) for r in recs]
 
-    def _tokens_for(self, token: str, recs: Sequence[UserRecord]) -> list[bytes]:
-        """Tokens of ``recs`` under token function ``token`` (stored, or from the number)."""
-        if token == self.canonical:
-            return [r.token for r in recs]
-        return self._token_fns[token].tokens(self._numbers_of(recs))
-
     def _check_keys(self, allow_foreign: bool) -> None:
         """Refuse to serve a store whose users this server cannot serve or decrypt.
 
@@ -350,11 +344,13 @@ class DiscoveryServer:
         setting: Discoverability,
         *,
         transfer: bool = True,
+        tokens: Sequence[bytes] | None = None,
     ) -> None:
         if not user_ids:
             return
         now = float(self._clock())
-        tokens = self._token_fns[self.canonical].tokens(numbers)
+        if tokens is None:  # a caller that metered by token already has them
+            tokens = self._token_fns[self.canonical].tokens(numbers)
         with self._lock:
             existing = self.store.get_users(user_ids)
             holders = self.store.lookup_tokens(tokens)
@@ -455,7 +451,9 @@ class DiscoveryServer:
         if verify is not None and verify(user_id, e164, proof) is not True:
             self.store.incr_stats({"verifications_failed": 1})
             raise VerificationFailed
-        self._register_numbers([user_id], [e164], setting, transfer=verify is not None)
+        self._register_numbers(
+            [user_id], [e164], setting, transfer=verify is not None, tokens=[token]
+        )
         return e164
 
     def charge_write(self, user_id: str) -> None:
@@ -521,11 +519,6 @@ class DiscoveryServer:
         if rec is None:
             raise UnknownUser("no registered user has that id")
         return rec
-
-    def is_registered(self, user_id: str) -> bool:
-        """Whether ``user_id`` has a live registration (a bearer token of a deleted account
-        authenticates nothing but a new, verified registration)."""
-        return self.store.get_users([user_id])[0] is not None
 
     def discover(self, requester_id: str, request: bytes) -> bytes:
         """Answer one discovery request of an authenticated, registered user.
@@ -598,7 +591,7 @@ class DiscoveryServer:
         ]
         if not recs:
             return [], []
-        tokens = self._tokens_for(srv.scheme.token, recs)
+        tokens = self._follower.tokens_of(srv.scheme.token, recs)
         return (
             [fingerprint_of(t) for t in tokens],
             [seal_user_id(t, r.user_id) for t, r in zip(tokens, recs, strict=True)],

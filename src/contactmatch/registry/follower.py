@@ -189,7 +189,7 @@ class RegistryFollower:
             )
         uids = [r.user_id for r in recs]
         for name, reg in self.registries.items():
-            tokens = self._tokens(name, recs)
+            tokens = self.tokens_of(name, recs)
             table = RegistryTable.build(uids, tokens, key_id=self._token_fns[name].key_id)
             reg.replace(table, head, list(zip(uids, tokens, strict=True)))
         del recs, uids
@@ -200,7 +200,9 @@ class RegistryFollower:
         rows, end = settled
         self._apply(rows, end, settle=True)
 
-    def _tokens(self, name: str, recs: Sequence[UserRecord]) -> list[bytes]:
+    def tokens_of(self, name: str, recs: Sequence[UserRecord]) -> list[bytes]:
+        """Tokens of ``recs`` under token function ``name``: stored for the canonical one,
+        computed from the decrypted numbers for the others."""
         if name == self.canonical:
             return [r.token for r in recs]
         if not recs:
@@ -297,7 +299,7 @@ class RegistryFollower:
         live_ids = {r.user_id for r in live}
         gone = [u for u in rows if u not in live_ids]
         for name, reg in self.registries.items():
-            tokens = self._tokens(name, live)
+            tokens = self.tokens_of(name, live)
             upserts = [(r.user_id, t) for r, t in zip(live, tokens, strict=True)]
             reg.apply(upserts, gone, end, settle=settle)
         self.seq = end

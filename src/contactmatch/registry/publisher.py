@@ -108,6 +108,9 @@ class FilterPublisher:
         trim()  # a copy of the hashes and the mixing scratch: 8+ bytes per user, transient
         self._count = len(table)
         self._bound = self._bound_for(self._count)
+        # Read on every request (info, discovery answers, conditional GETs): kept, not
+        # recomputed; it changes only in advance().
+        self._version = content_version(self._acc, self._bound, self._count)
 
     def _bound_for(self, users: int) -> int:
         return math.ceil(capacity_for(users) / self.fpr)
@@ -115,7 +118,7 @@ class FilterPublisher:
     @property
     def version(self) -> int:
         """The version of the content published now (a digest of it; never 0)."""
-        return content_version(self._acc, self._bound, self._count)
+        return self._version
 
     def advance(self, delta: HashDelta) -> None:
         """Take in a change of the membership (``delta`` from :meth:`RegistryTable.apply`)."""
@@ -127,12 +130,14 @@ class FilterPublisher:
             self._acc = (self._acc + _mix_sum(delta.added) - _mix_sum(delta.removed)) & mask
             self._count += int(delta.added.shape[0]) - int(delta.removed.shape[0])
             bound = self._bound_for(self._count)
-            if bound != self._bound:
+            moved = bound != self._bound
+            self._bound = bound
+            self._version = content_version(self._acc, self._bound, self._count)
+            if moved:
                 self._steps.clear()  # every value moves: no delta reaches across
-                self._bound = bound
             else:
                 added, removed = delta.scaled(bound)
-                self._steps.append(_Step(before, self.version, np.sort(added), np.sort(removed)))
+                self._steps.append(_Step(before, self._version, np.sort(added), np.sort(removed)))
             self._filter = None
 
     def rebase(self, table: RegistryTable) -> None:
