@@ -11,9 +11,13 @@ import contextlib
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from contactmatch._version import __version__
 from contactmatch.errors import ContactMatchError, mask_number
+
+if TYPE_CHECKING:
+    from rich.progress import TaskID
 
 __all__ = ["main"]
 
@@ -61,25 +65,118 @@ def _cmd_keygen(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Bar:
+    """A rich progress bar on stderr for the bulk commands (the library only calls back)."""
+
+    def __init__(self, label: str) -> None:
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+        )
+
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=Console(stderr=True),
+            transient=True,
+        )
+        self.label = label
+        self.tasks: dict[str, TaskID] = {}
+
+    def __enter__(self) -> _Bar:
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.__exit__(None, None, None)
+
+    def update(self, stage: str, done: int, total: int | None) -> None:
+        task = self.tasks.get(stage)
+        if task is None:
+            task = self.tasks[stage] = self.progress.add_task(f"{self.label}: {stage}", total=total)
+        self.progress.update(task, completed=done, total=total)
+
+
+def _interrupted() -> int:
+    sys.stderr.write("contactmatch: interrupted; run again to resume\n")
+    return 130
+
+
+def _cmd_import(args: argparse.Namespace) -> int:
+    from contactmatch.bulk import import_file
+
+    report_path = args.report or f"{args.file}.rejected.csv"
+    try:
+        with _Bar("import") as bar:
+            report = import_file(
+                args.file,
+                args.store,
+                args.key,
+                args.data_key,
+                region=args.region,
+                discoverability=args.discoverability,
+                cluster=args.cluster,
+                partition_size=args.partition_size,
+                report_path=report_path,
+                progress=bar.update,
+            )
+    except KeyboardInterrupt:
+        return _interrupted()
+    rate = report.imported / report.seconds if report.seconds > 0 else 0.0
+    reasons = ", ".join(f"{k} {v}" for k, v in report.reasons.items()) or "none"
+    sys.stdout.write(
+        f"imported {report.imported} of {report.lines} lines in {report.seconds:.1f} s "
+        f"({rate:,.0f}/s on {report.workers} worker(s)); {report.resumed} of "
+        f"{report.partitions} partitions were already done\n"
+        f"rejected {report.rejected} ({reasons}); transferred {report.transferred}\n"
+        f"rejected lines (masked): {report_path}\n"
+    )
+    if report.dashboard:
+        sys.stdout.write(f"dask dashboard was at {report.dashboard}\n")
+    return 0
+
+
 def _cmd_rotate(args: argparse.Namespace) -> int:
+    from contactmatch.bulk import rotate_on_cluster
     from contactmatch.keys import ServerKey
-    from contactmatch.oprf import OprfServer
-    from contactmatch.rotation import rotate_url
 
     new_key = ServerKey.load(args.new_key)
-    oprf = OprfServer(new_key)
-
-    def token_fn(numbers: Sequence[str]) -> list[bytes]:
-        return list(oprf.evaluate_tokens([n.encode("ascii") for n in numbers]).tokens)
-
-    report = rotate_url(
-        args.store, args.data_key, token_fn, new_key.key_id, batch_size=args.batch_size
-    )
+    try:
+        with _Bar("rotate") as bar:
+            done = rotate_on_cluster(
+                args.store,
+                args.data_key,
+                args.new_key,
+                cluster=args.cluster,
+                batch_size=args.batch_size,
+                progress=lambda d, t: bar.update("rekey", d, t),
+            )
+    except KeyboardInterrupt:
+        return _interrupted()
+    report = done.report
     sys.stdout.write(
         f"rotated to key {new_key.key_id}: {report.rekeyed} rekeyed, {report.skipped} skipped, "
-        f"{report.passes} passes, {report.contacts_purged} uploaded tokens purged\n"
+        f"{report.passes} passes, {report.contacts_purged} uploaded tokens purged "
+        f"({done.seconds:.1f} s on {done.workers} worker(s))\n"
     )
     return 0
+
+
+def _add_cluster_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--cluster",
+        default=None,
+        metavar="ADDRESS|local:N",
+        help="run on a Dask distributed cluster: a scheduler address (tcp://host:8786) or "
+        "local:N for N local worker processes (needs contactmatch[cluster]); default: this "
+        "process, every core",
+    )
 
 
 def _cmd_vacuum(args: argparse.Namespace) -> int:
@@ -148,6 +245,54 @@ def add_audit_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="workload seed (0)")
 
 
+def _add_bulk_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "import",
+        help="register user_id,number lines in bulk (resumable; optionally on Dask)",
+        description="Register every user_id,number line of FILE (CSV with a header, or plain "
+        "lines; gzip accepted) in partitions, each written in one store transaction that "
+        "records its completion: an interrupted import resumes when run again, and a "
+        "finished one writes nothing. Rejected lines are listed, masked, in a report file.",
+    )
+    p.add_argument("file", metavar="FILE", help="the user_id,number file")
+    p.add_argument("--store", required=True, help="store URL, e.g. postgresql://...")
+    p.add_argument("--key", required=True, help="the OPRF server key file")
+    p.add_argument("--data-key", required=True, help="the data key file (encrypts numbers)")
+    p.add_argument("--region", default=None, help="region for numbers without +CC (e.g. IR)")
+    p.add_argument(
+        "--discoverability",
+        choices=["everyone", "contacts", "nobody"],
+        default="everyone",
+        help="setting of the users created (default everyone)",
+    )
+    p.add_argument(
+        "--partition-size",
+        type=int,
+        default=20_000,
+        metavar="LINES",
+        help="lines per partition and per store transaction (default 20000)",
+    )
+    p.add_argument(
+        "--report", default=None, metavar="PATH", help="rejected lines (default FILE.rejected.csv)"
+    )
+    _add_cluster_argument(p)
+    p.set_defaults(handler=_cmd_import)
+
+    p = sub.add_parser(
+        "rotate",
+        help="re-derive every stored token under a new OPRF key (resumable; optionally on Dask)",
+        description="Re-derive every registration's token under NEW_KEY from the encrypted "
+        "numbers, in batches, with a checkpoint in the store so an interrupted run resumes. "
+        "Serve the old and new keys side by side until clients have refreshed.",
+    )
+    p.add_argument("--store", required=True, help="store URL, e.g. sqlite:///registry.db")
+    p.add_argument("--data-key", required=True, help="the data key file (decrypts numbers)")
+    p.add_argument("--new-key", required=True, help="the new OPRF key file")
+    p.add_argument("--batch-size", type=int, default=1000, help="users per batch (1000)")
+    _add_cluster_argument(p)
+    p.set_defaults(handler=_cmd_rotate)
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="contactmatch",
@@ -201,18 +346,7 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="replace an existing key file")
     p.set_defaults(handler=_cmd_keygen)
 
-    p = sub.add_parser(
-        "rotate",
-        help="re-derive every stored token under a new OPRF key (resumable)",
-        description="Re-derive every registration's token under NEW_KEY from the encrypted "
-        "numbers, in batches, with a checkpoint in the store so an interrupted run resumes. "
-        "Serve the old and new keys side by side until clients have refreshed.",
-    )
-    p.add_argument("--store", required=True, help="store URL, e.g. sqlite:///registry.db")
-    p.add_argument("--data-key", required=True, help="the data key file (decrypts numbers)")
-    p.add_argument("--new-key", required=True, help="the new OPRF key file")
-    p.add_argument("--batch-size", type=int, default=1000, help="users per batch (1000)")
-    p.set_defaults(handler=_cmd_rotate)
+    _add_bulk_commands(sub)
 
     p = sub.add_parser(
         "vacuum",
@@ -299,7 +433,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stderr.write(f"contactmatch: error: {exc}\n")
         return 2
     except OSError as exc:
-        sys.stderr.write(f"contactmatch: error: {exc.strerror or exc}\n")
+        where = f": {Path(exc.filename).name}" if exc.filename else ""
+        sys.stderr.write(f"contactmatch: error: {exc.strerror or exc}{where}\n")
         return 2
 
 

@@ -13,18 +13,15 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Sequence
-from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
 from contactmatch.atrest import DataKey
 from contactmatch.errors import InvalidInput
-from contactmatch.stores import BaseStore, Rekey, open_store
+from contactmatch.stores import BaseStore, Rekey, UserRecord, open_store
 from contactmatch.stores.base import check_int, check_key_id
 
-__all__ = ["RotationReport", "rotate", "rotate_url"]
+__all__ = ["RekeyOutcome", "RotationReport", "rekey_records", "rotate", "rotate_url"]
 
 TokenFn = Callable[[Sequence[str]], Sequence[bytes]]
 
@@ -39,6 +36,68 @@ class RotationReport:
     contacts_purged: int
 
 
+#: ``progress(done, total)``: users looked at so far in this pass, of the registry's count.
+Progress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True, slots=True)
+class RekeyOutcome:
+    """One batch: users rekeyed, skipped (changed meanwhile), looked at; compute/store time."""
+
+    rekeyed: int
+    skipped: int
+    touched: int
+    compute_s: float
+    store_s: float
+
+
+def rekey_records(
+    store: BaseStore,
+    data_key: DataKey,
+    token_fn: TokenFn,
+    key_id: str,
+    records: Sequence[UserRecord],
+    *,
+    now: float | None = None,
+) -> RekeyOutcome:
+    """Re-derive the tokens of ``records`` that are not yet under ``key_id`` and write them.
+
+    The batch step of :func:`rotate`, shared with the distributed rotation, where each
+    worker runs it on its own pages. Safe to repeat: a rekey applies only while the stored
+    token is still the one read, and the new token is a function of the number.
+
+    Raises:
+        InvalidInput: ``token_fn`` returned the wrong number of tokens.
+        VerificationFailed: a stored number does not decrypt with ``data_key``.
+    """
+    todo = [u for u in records if u.key_id != key_id or data_key.needs_rewrap(u.wrapped_key)]
+    if not todo:
+        return RekeyOutcome(0, 0, 0, 0.0, 0.0)
+    t0 = time.perf_counter()
+    numbers = [data_key.open_number(u.number_ct, u.wrapped_key, u.user_id, u.token) for u in todo]
+    tokens = list(token_fn(numbers))
+    if len(tokens) != len(todo):
+        raise InvalidInput("token_fn returned a different number of tokens")
+    updates = []
+    for u, n, t in zip(todo, numbers, tokens, strict=True):
+        sealed = data_key.seal_number(n, u.user_id, t)
+        updates.append(
+            Rekey(
+                user_id=u.user_id,
+                old_token=u.token,
+                new_token=t,
+                key_id=key_id,
+                number_ct=sealed.number_ct,
+                wrapped_key=sealed.wrapped_key,
+            )
+        )
+    del numbers  # clear text lives no longer than its batch
+    t1 = time.perf_counter()
+    done = store.rekey_users(updates, now=time.time() if now is None else now)
+    t2 = time.perf_counter()
+    return RekeyOutcome(done, len(todo) - done, len(todo), t1 - t0, t2 - t1)
+
+
 def rotate(
     store: BaseStore,
     data_key: DataKey,
@@ -46,7 +105,7 @@ def rotate(
     new_key_id: str,
     *,
     batch_size: int = 1000,
-    progress: bool = True,
+    progress: Progress | None = None,
     purge_contacts: bool = True,
     max_passes: int = 3,
     _clock: Callable[[], float] = time.time,
@@ -54,7 +113,9 @@ def rotate(
     """Move every registration to tokens under ``new_key_id``, in resumable batches.
 
     Passes repeat (up to ``max_passes``) until one finds nothing left to do, which catches
-    users who re-registered under the old key while the rotation was running.
+    users who re-registered under the old key while the rotation was running. This runs in
+    one process (OPRF evaluations on every core through ``token_fn``);
+    :func:`contactmatch.bulk.rotate_on_cluster` spreads the same batches over a cluster.
 
     Args:
         store: the registry store.
@@ -62,7 +123,7 @@ def rotate(
         token_fn: maps E.164 numbers to their tokens under the new key (aligned).
         new_key_id: the new OPRF key's id.
         batch_size: users per transaction.
-        progress: show a rich progress bar.
+        progress: called after each batch with (users looked at in this pass, users).
         purge_contacts: afterwards drop contact uploads made under older keys (clients
             re-upload on their next sync; old tokens can never match again).
         max_passes: bound on verification passes.
@@ -78,58 +139,25 @@ def rotate(
     size = check_int(batch_size, "batch_size", 1, 100_000)
     checkpoint = f"rotate:{kid}"
     rekeyed = skipped = passes = 0
-    bar: Any = (
-        Progress(
-            TextColumn("[bold]rotating tokens"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            transient=True,
-        )
-        if progress
-        else nullcontext()
-    )
-    with bar:
-        while passes < max_passes:
-            passes += 1
-            task = bar.add_task("rotate", total=store.count_users()) if progress else None
-            after = store.get_checkpoint(checkpoint)
-            touched = 0
-            while page := store.scan_users(after, size):
-                todo = [u for u in page if u.key_id != kid or data_key.needs_rewrap(u.wrapped_key)]
-                if todo:
-                    numbers = [
-                        data_key.open_number(u.number_ct, u.wrapped_key, u.user_id, u.token)
-                        for u in todo
-                    ]
-                    tokens = list(token_fn(numbers))
-                    if len(tokens) != len(todo):
-                        raise InvalidInput("token_fn returned a different number of tokens")
-                    updates = []
-                    for u, n, t in zip(todo, numbers, tokens, strict=True):
-                        sealed = data_key.seal_number(n, u.user_id, t)
-                        updates.append(
-                            Rekey(
-                                user_id=u.user_id,
-                                old_token=u.token,
-                                new_token=t,
-                                key_id=kid,
-                                number_ct=sealed.number_ct,
-                                wrapped_key=sealed.wrapped_key,
-                            )
-                        )
-                    del numbers  # clear text lives no longer than its batch
-                    done = store.rekey_users(updates, now=_clock())
-                    rekeyed += done
-                    skipped += len(todo) - done
-                    touched += len(todo)
-                after = page[-1].user_id
-                store.set_checkpoint(checkpoint, after)
-                if task is not None:
-                    bar.advance(task, len(page))
-            store.set_checkpoint(checkpoint, None)
-            if touched == 0:
-                break
+    while passes < max_passes:
+        passes += 1
+        total = store.count_users()
+        seen = 0
+        after = store.get_checkpoint(checkpoint)
+        touched = 0
+        while page := store.scan_users(after, size):
+            outcome = rekey_records(store, data_key, token_fn, kid, page, now=_clock())
+            rekeyed += outcome.rekeyed
+            skipped += outcome.skipped
+            touched += outcome.touched
+            after = page[-1].user_id
+            store.set_checkpoint(checkpoint, after)
+            seen += len(page)
+            if progress is not None:
+                progress(seen, total)
+        store.set_checkpoint(checkpoint, None)
+        if touched == 0:
+            break
     purged = store.purge_contacts(kid) if purge_contacts else 0
     return RotationReport(rekeyed=rekeyed, skipped=skipped, passes=passes, contacts_purged=purged)
 

@@ -399,6 +399,27 @@ def test_checkpoints(store: BaseStore) -> None:
     assert store.get_checkpoint("rotate:k2") is None
 
 
+@pytest.mark.parametrize("existing", [False, True], ids=["insert", "upsert"])
+def test_put_users_marks_completion_with_the_writes(store: BaseStore, existing: bool) -> None:
+    if existing:
+        store.put_users([user(1, now=5.0)])
+    store.put_users([user(1), user(2)], mark="import:abc:0")
+    assert store.get_checkpoint("import:abc:0") == "done"
+    assert store.count_users() == 2
+    store.put_users([], mark="import:abc:1")  # a partition whose every line was rejected
+    assert store.get_checkpoint("import:abc:1") == "done"
+
+
+def test_put_users_failing_leaves_no_mark(store: BaseStore) -> None:
+    store.put_users([user(1)])
+    clash = replace(user(1), user_id="someone-else")
+    with pytest.raises(Conflict):
+        store.put_users([user(2), clash], mark="import:abc:2")
+    assert store.get_checkpoint("import:abc:2") is None
+    with pytest.raises(InvalidInput):
+        store.put_users([user(3)], mark="bad name with spaces")
+
+
 def test_reprs_hide_tokens_and_ciphertexts(store: BaseStore) -> None:
     u = user(1)
     store.put_users([u])

@@ -80,7 +80,7 @@ def test_rotate_rekeys_everyone(store: BaseStore) -> None:
     store.replace_contacts("user00001", [tok(b"old", "+15555550100")], "k1")
     dk2 = dk1.rotated("dk2")
     fn = Counting()
-    report = rotate(store, dk2, fn, "k2", batch_size=50, progress=False)
+    report = rotate(store, dk2, fn, "k2", batch_size=50)
     assert (report.rekeyed, report.skipped, report.passes) == (N, 0, 2)
     assert report.contacts_purged == 1
     assert fn.numbers == N
@@ -88,7 +88,7 @@ def test_rotate_rekeys_everyone(store: BaseStore) -> None:
     assert store.lookup_tokens([tok(b"old", number(3))]) == [None]
     assert store.get_checkpoint("rotate:k2") is None
     # a second run finds nothing to do
-    again = rotate(store, dk2, Counting(), "k2", batch_size=50, progress=False)
+    again = rotate(store, dk2, Counting(), "k2", batch_size=50)
     assert (again.rekeyed, again.passes) == (0, 1)
 
 
@@ -97,10 +97,10 @@ def test_rotate_resumes_after_a_crash(store: BaseStore) -> None:
     register(store, dk, range(N))
     crashing = Counting(fail_after=2)
     with pytest.raises(RuntimeError):
-        rotate(store, dk, crashing, "k2", batch_size=40, progress=False)
+        rotate(store, dk, crashing, "k2", batch_size=40)
     assert store.get_checkpoint("rotate:k2") == "user00079"  # two batches of 40 done
     resumed = Counting()
-    report = rotate(store, dk, resumed, "k2", batch_size=40, progress=False)
+    report = rotate(store, dk, resumed, "k2", batch_size=40)
     assert report.rekeyed == N - 80
     assert resumed.numbers == N - 80  # nothing before the checkpoint was redone
     check_rotated(store, dk)
@@ -117,7 +117,7 @@ def test_rotate_catches_users_who_changed_meanwhile(store: BaseStore) -> None:
             store.put_users([record(dk, 0, b"old-again", now=2.0)])
         return fn(numbers)
 
-    report = rotate(store, dk, meddling, "k2", batch_size=100, progress=False)
+    report = rotate(store, dk, meddling, "k2", batch_size=100)
     assert report.skipped == 1
     assert report.passes == 3
     check_rotated(store, dk)
@@ -127,12 +127,12 @@ def test_rotate_checks_token_fn_and_data_key(store: BaseStore) -> None:
     dk = DataKey.generate("dk1")
     register(store, dk, range(3))
     with pytest.raises(InvalidInput):
-        rotate(store, dk, lambda ns: [b"x" * 32], "k2", progress=False)
+        rotate(store, dk, lambda ns: [b"x" * 32], "k2")
     with pytest.raises(VerificationFailed):
-        rotate(store, DataKey.generate("dk1"), Counting(), "k2", progress=False)
+        rotate(store, DataKey.generate("dk1"), Counting(), "k2")
 
 
-def test_rotate_url_with_progress_bar(tmp_path: Path) -> None:
+def test_rotate_url_reports_progress(tmp_path: Path) -> None:
     dk = DataKey.generate("dk1")
     key_path = tmp_path / "data.key"
     dk.save(key_path)
@@ -141,8 +141,13 @@ def test_rotate_url_with_progress_bar(tmp_path: Path) -> None:
 
     with open_store(url) as s:
         register(s, dk, range(N))
-    report = rotate_url(url, key_path, Counting(), "k2", batch_size=64, progress=True)
+    calls: list[tuple[int, int]] = []
+    report = rotate_url(
+        url, key_path, Counting(), "k2", batch_size=64, progress=lambda d, t: calls.append((d, t))
+    )
     assert report.rekeyed == N
+    assert calls[0] == (64, N)
+    assert calls[len(calls) // report.passes - 1] == (N, N)  # the first pass saw every user
     with open_store(url) as s:
         check_rotated(s, dk)
 
@@ -158,7 +163,7 @@ def test_data_key_rotation_alone_rewraps_every_user(store: BaseStore) -> None:
     def same_tokens(numbers: Sequence[str]) -> list[bytes]:
         return [tok(b"old", n) for n in numbers]
 
-    report = rotate(store, dk2, same_tokens, "k1", batch_size=16, progress=False)
+    report = rotate(store, dk2, same_tokens, "k1", batch_size=16)
     assert report.rekeyed == 40
     only_dk2 = dk2.retired("dk1")
     for r in store.scan_users(None, 100):
@@ -170,4 +175,4 @@ def test_data_key_rotation_alone_rewraps_every_user(store: BaseStore) -> None:
             int(r.user_id[4:])
         )
         assert store.lookup_tokens([r.token]) == [r]
-    assert rotate(store, dk2, same_tokens, "k1", progress=False).rekeyed == 0
+    assert rotate(store, dk2, same_tokens, "k1").rekeyed == 0

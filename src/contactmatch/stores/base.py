@@ -230,7 +230,7 @@ def drain_time(level: float, updated: float, refill_per_s: float) -> float:
 class RegistryStore(Protocol):
     """Everything the discovery service keeps, in batch methods; see ``docs/storage.md``."""
 
-    def put_users(self, users: Sequence[UserRecord]) -> None:
+    def put_users(self, users: Sequence[UserRecord], *, mark: str | None = None) -> None:
         """Insert or replace registrations (upsert by user id)."""
 
     def get_users(self, user_ids: Sequence[str]) -> list[UserRecord | None]:
@@ -538,7 +538,7 @@ class BaseStore:
 
     # users --------------------------------------------------------------------------------
 
-    def put_users(self, users: Sequence[UserRecord]) -> None:
+    def put_users(self, users: Sequence[UserRecord], *, mark: str | None = None) -> None:
         """Insert or replace registrations (upsert by user id), all or nothing.
 
         Redis applies batches over 1,000 records one atomic chunk at a time (a longer script
@@ -546,19 +546,27 @@ class BaseStore:
 
         Args:
             users: records; user ids and tokens must be unique within the batch.
+            mark: a checkpoint name set to ``"done"`` with the writes, so a bulk import
+                records a partition's completion exactly when its rows land. SQLite and
+                PostgreSQL commit both in one transaction. Redis (no transaction spans
+                cluster slots) sets it after the writes: a crash in between leaves the
+                partition unmarked, and its re-run rewrites the same users (an upsert).
 
         Raises:
             InvalidInput: a malformed record or a duplicate in the batch.
             Conflict: a token already belongs to another user.
         """
         recs = [check_record(r) for r in check_sequence(users, "users")]
+        name = None if mark is None else check_name(mark, "checkpoint")
         if len({r.user_id for r in recs}) != len(recs):
             raise InvalidInput("duplicate user id in one batch")
         if len({r.token for r in recs}) != len(recs):
             raise InvalidInput("duplicate token in one batch")
-        if recs:
-            with self._mapped("put_users"):
-                self._put_users(recs)
+        with self._mapped("put_users"):
+            if recs:
+                self._put_users(recs, name)
+            elif name is not None:
+                self._set_checkpoint(name, "done")
 
     def get_users(self, user_ids: Sequence[str]) -> list[UserRecord | None]:
         """Registrations aligned with ``user_ids``.
@@ -934,7 +942,7 @@ class BaseStore:
 
     # driver work (adapters implement) -----------------------------------------------------
 
-    def _put_users(self, users: list[UserRecord]) -> None:
+    def _put_users(self, users: list[UserRecord], mark: str | None) -> None:
         raise NotImplementedError
 
     def _get_users(self, user_ids: list[str]) -> list[UserRecord | None]:

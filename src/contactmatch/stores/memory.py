@@ -90,7 +90,7 @@ class MemoryStore(BaseStore):
 
     # users --------------------------------------------------------------------------------
 
-    def _put_users(self, users: list[UserRecord]) -> None:
+    def _put_users(self, users: list[UserRecord], mark: str | None) -> None:
         with self._lock:
             by_token, by_id = self._by_token, self._users
             for u in users:
@@ -109,6 +109,8 @@ class MemoryStore(BaseStore):
                 else:
                     self._store_user(old, replace(u, created_at=old.created_at))
             self._log([u.user_id for u in users])
+            if mark is not None:
+                self._checkpoints[mark] = "done"
 
     def _get_users(self, user_ids: list[str]) -> list[UserRecord | None]:
         with self._lock:

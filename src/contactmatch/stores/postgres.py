@@ -405,7 +405,7 @@ class PostgresStore(BaseStore):
                 ([k for k, _ in keys], [i for _, i in keys], [census[k] for k in keys]),
             )
 
-    def _put_users(self, users: list[UserRecord]) -> None:
+    def _put_users(self, users: list[UserRecord], mark: str | None) -> None:
         codes = self._codes_for({u.key_id for u in users})
         ids = [u.user_id for u in users]
         with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
@@ -425,8 +425,19 @@ class PostgresStore(BaseStore):
                 pass
             else:
                 self._log(cur, ids, census_deltas((u.key_id, u.wrapped_key) for u in users))
+                self._mark(cur, mark)
                 return
             self._log(cur, ids, self._upsert(cur, users, codes))
+            self._mark(cur, mark)
+
+    @staticmethod
+    def _mark(cur: psycopg.Cursor[Any], mark: str | None) -> None:
+        if mark is not None:
+            cur.execute(
+                "INSERT INTO checkpoints VALUES (%s, 'done') "
+                "ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                (mark,),
+            )
 
     @staticmethod
     def _upsert(

@@ -385,7 +385,7 @@ class SQLiteStore(BaseStore):
             out += [(kid, bytes(wk)) for kid, wk in cur.execute(q, chunk)]
         return out
 
-    def _put_users(self, users: list[UserRecord]) -> None:
+    def _put_users(self, users: list[UserRecord], mark: str | None) -> None:
         # Plain INSERT for the bulk-load case. If any user already exists (or a token clashes,
         # which the upsert then reports) the whole transaction is rolled back and the batch
         # redone as an upsert. Not a savepoint: SQLite copies every page a savepoint touches
@@ -401,6 +401,7 @@ class SQLiteStore(BaseStore):
                 cur.executemany(INSERT_KEY, keys)
                 self._count(cur, census)
                 self._log(cur, ids)
+                self._mark(cur, mark)
         except sqlite3.IntegrityError:
             pass
         else:
@@ -411,6 +412,16 @@ class SQLiteStore(BaseStore):
             cur.executemany(UPSERT_KEY, keys)
             self._count(cur, census, old)
             self._log(cur, ids)
+            self._mark(cur, mark)
+
+    @staticmethod
+    def _mark(cur: sqlite3.Cursor, mark: str | None) -> None:
+        if mark is not None:
+            cur.execute(
+                "INSERT INTO checkpoints (name, value) VALUES (?, 'done') "
+                "ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                (mark,),
+            )
 
     def _get_users(self, user_ids: list[str]) -> list[UserRecord | None]:
         found: dict[str, UserRecord] = {}

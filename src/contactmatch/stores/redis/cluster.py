@@ -393,7 +393,7 @@ class RedisClusterStore(RedisStore):
 
     # users --------------------------------------------------------------------------------
 
-    def _put_users(self, users: list[UserRecord]) -> None:
+    def _put_users(self, users: list[UserRecord], mark: str | None) -> None:
         for i in range(0, len(users), CHUNK):
             chunk = users[i : i + CHUNK]
             olds = self._read([u.user_id for u in chunk])
@@ -408,6 +408,8 @@ class RedisClusterStore(RedisStore):
                 ]
                 changes.append(_Change(u.user_id, u.token, disc, fields, op="add"))
             self._apply(changes, olds, stale)
+        if mark is not None:  # after the writes: a crash in between re-runs an upsert
+            self._set_checkpoint(mark, "done")
 
     def _set_discoverability(self, changes: dict[str, Discoverability], now: float) -> None:
         uids = list(changes)

@@ -280,7 +280,7 @@ class RedisStore(BaseStore):
 
     # users --------------------------------------------------------------------------------
 
-    def _put_users(self, users: list[UserRecord]) -> None:
+    def _put_users(self, users: list[UserRecord], mark: str | None) -> None:
         at = self._feed_time()
         for i in range(0, len(users), CHUNK):
             chunk = users[i : i + CHUNK]
@@ -298,6 +298,8 @@ class RedisStore(BaseStore):
                     repr(u.updated_at),
                 )
             self._put(args=args)
+        if mark is not None:  # after the writes: a crash in between re-runs an upsert
+            self._set_checkpoint(mark, "done")
 
     def _get_users(self, user_ids: list[str]) -> list[UserRecord | None]:
         pipe = self._r.pipeline(transaction=False)
