@@ -101,6 +101,10 @@ class ServiceSettings:
     #: False-positive rate of published filters.
     filter_fpr: float = 2.0**-20
     limits: RateLimits = field(default_factory=RateLimits)
+    #: Threads one OPRF batch is evaluated on: None uses every core (one server process
+    #: per machine); ``serve --workers N`` gives each worker ``cores // N`` so the workers
+    #: together use each core once instead of N times over.
+    oprf_threads: int | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -164,7 +168,9 @@ class DiscoveryServer:
         self._lock = threading.RLock()
         self.canonical = "voprf" if self.keys.mode is Mode.VOPRF else "oprf"
         self._token_fns: dict[str, ServerTokens] = {
-            self.canonical: make_server_tokens(self.canonical, self.keys)
+            self.canonical: make_server_tokens(
+                self.canonical, self.keys, workers=self.settings.oprf_threads
+            )
         }
         self._schemes: dict[str, SchemeServer] = {}
         names = self.settings.schemes or (f"{self.canonical}+filter", f"{self.canonical}+bucket")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import gzip
 import io
+import re
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -26,7 +27,10 @@ _ID_NAMES = frozenset({"user_id", "userid", "user", "uid", "id", "account", "acc
 _NUMBER_NAMES = frozenset(
     {"number", "phone", "phone_number", "e164", "msisdn", "mobile", "tel", "telephone"}
 )
-_MAX_LINE = 4096  # a user id (64) and a number as written (at most a few dozen characters)
+_MAX_LINE = 4096  # a user id (64) and a number as written (a few dozen characters)
+# An ASCII line "user_id,number" whose user id is valid (the rule of check_user_id) and
+# whose number field has no comma or quote: everything else takes the careful path.
+_FAST = re.compile(rb"([A-Za-z0-9][A-Za-z0-9._-]{0,63}) *,([^,\"\x80-\xff]*)").fullmatch
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,11 +110,23 @@ def read_partitions(path: str | Path, size: int) -> Iterator[Partition]:
     """
     p = Path(path)
     cols = (0, 1)
+    fast = True
     current = Partition(0)
     count = 0
     with _open(p) as fh:
         try:
             for lineno, (body, too_long) in enumerate(_lines(fh), start=1):
+                if fast and lineno > 1 and (m := _FAST(body)) is not None:
+                    # The common line, decided by one C-level match (10^8-line files).
+                    current.lines.append(lineno)
+                    current.user_ids.append(m.group(1).decode("ascii"))
+                    current.raws.append(m.group(2).decode("ascii").strip())
+                    count += 1
+                    if count == size:
+                        yield current
+                        current = Partition(current.index + 1)
+                        count = 0
+                    continue
                 if too_long:
                     verdict: _Row | Rejection | tuple[int, int] = Rejection(
                         lineno, "line_too_long", ""
@@ -121,6 +137,7 @@ def read_partitions(path: str | Path, size: int) -> Iterator[Partition]:
                     verdict = _read_line(body, lineno, cols)
                 if isinstance(verdict, tuple):
                     cols = verdict  # the header names the columns
+                    fast = cols == (0, 1)
                     continue
                 if isinstance(verdict, Rejection):
                     current.rejected.append(verdict)

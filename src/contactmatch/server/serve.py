@@ -2,20 +2,27 @@
 
 Importing this module is cheap (no uvicorn, no Starlette): the CLI imports it to build its
 argument parser, and the heavy imports happen in :func:`run` and :class:`ServerThread`.
+``serve --workers N`` (N > 1) runs N uvicorn worker processes on one port; each builds its
+own app from a key-free configuration (see :mod:`contactmatch.server._workers`).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
+import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from types import TracebackType
-from typing import TYPE_CHECKING, Literal, cast
+from types import FrameType, TracebackType
+from typing import TYPE_CHECKING, Any, Literal, cast
 
+from contactmatch._json import load_json
 from contactmatch.errors import InvalidInput, InvalidKey
+from contactmatch.ratelimit import Quota, RateLimits
 
 if TYPE_CHECKING:
     import uvicorn
@@ -26,10 +33,14 @@ if TYPE_CHECKING:
     from contactmatch.service import DiscoveryServer, ServiceSettings
 
 __all__ = [
+    "WORKER_REFRESH_EVERY",
     "ServerThread",
     "add_serve_arguments",
     "build_server",
+    "limits_from_json",
+    "limits_to_json",
     "load_callable",
+    "load_limits",
     "load_or_create_data_key",
     "run",
     "serve_command",
@@ -37,6 +48,11 @@ __all__ = [
 
 _DEFAULT_STORE = "sqlite:///contactmatch.db"
 _MiB = 1024 * 1024
+#: Refresh interval of worker processes when none is given: the workers of one server are
+#: several processes on one store, so without it a registration made through one worker
+#: would never reach the others. A refresh that finds no change costs about a millisecond
+#: (docs/registry.md, "Measured").
+WORKER_REFRESH_EVERY = 1.0
 
 
 def load_or_create_data_key(path: str | Path, *, store_key_ids: Sequence[str] = ()) -> DataKey:
@@ -97,6 +113,107 @@ def load_callable(spec: str) -> Callable[..., object]:
     if not callable(obj):
         raise InvalidInput(f"{spec!r} is not callable")
     return obj
+
+
+def _number(value: object, where: str) -> float:
+    # bool is an int to Python, never a quota to an operator.
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidInput(f"{where} must be a number")
+    return float(value)
+
+
+def limits_from_json(obj: object, *, source: str = "limits") -> RateLimits:
+    """Quotas from their JSON form: an object whose keys are fields of :class:`RateLimits`.
+
+    A quota field is an object ``{"capacity": number, "period": seconds}`` (either key may be
+    left out to keep the default); ``reserve_share`` and ``max_account_share`` are numbers,
+    ``max_items`` a positive integer. Fields left out keep their defaults. Quota names are
+    not configurable: they key the rate state in the store, so renaming one would silently
+    hand every account a fresh quota.
+
+    Args:
+        obj: the parsed document.
+        source: named in error messages (the file, for ``--limits``).
+
+    Raises:
+        InvalidInput: not an object, an unknown key, a value of the wrong type, or quotas
+            :class:`RateLimits` refuses (e.g. one account could take too much of a ceiling).
+    """
+    if not isinstance(obj, dict):
+        raise InvalidInput(f"{source}: expected a JSON object of RateLimits fields")
+    defaults = RateLimits()
+    names = [f.name for f in dataclasses.fields(RateLimits)]
+    unknown = sorted(str(k)[:40] for k in set(obj) - set(names))
+    if unknown:
+        raise InvalidInput(
+            f"{source}: unknown field(s) {', '.join(map(repr, unknown[:5]))} "
+            f"(known: {', '.join(names)})"
+        )
+    values: dict[str, Any] = {}
+    for name, value in obj.items():
+        default = getattr(defaults, name)
+        where = f"{source}: {name}"
+        if isinstance(default, Quota):
+            if not isinstance(value, dict):
+                raise InvalidInput(f'{where} must be an object {{"capacity": ..., "period": ...}}')
+            extra = sorted(str(k)[:40] for k in set(value) - {"capacity", "period"})
+            if extra:
+                raise InvalidInput(f"{where}: unknown key(s) {', '.join(map(repr, extra[:5]))}")
+            capacity = _number(value.get("capacity", default.capacity), f"{where}.capacity")
+            period = _number(value.get("period", default.period), f"{where}.period")
+            try:
+                values[name] = Quota(name=default.name, capacity=capacity, period=period)
+            except InvalidInput as exc:
+                raise InvalidInput(f"{where}: {exc}") from None
+        elif isinstance(default, bool) or not isinstance(default, int | float):
+            raise TypeError(f"RateLimits.{name} has a type limits_from_json does not know")
+        elif isinstance(default, int):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise InvalidInput(f"{where} must be a positive integer")
+            values[name] = value
+        else:
+            values[name] = _number(value, where)
+    try:
+        return RateLimits(**values)
+    except InvalidInput as exc:
+        raise InvalidInput(f"{source}: {exc}") from None
+
+
+def limits_to_json(limits: RateLimits) -> dict[str, Any]:
+    """The JSON form :func:`limits_from_json` reads (every field, defaults included).
+
+    Raises:
+        InvalidInput: a quota was renamed (the JSON form cannot carry names; see above).
+    """
+    defaults = RateLimits()
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(RateLimits):
+        value = getattr(limits, f.name)
+        if isinstance(value, Quota):
+            if value.name != getattr(defaults, f.name).name:
+                raise InvalidInput(f"quota {f.name} is renamed; its name cannot be configured")
+            out[f.name] = {"capacity": value.capacity, "period": value.period}
+        else:
+            out[f.name] = value
+    return out
+
+
+def load_limits(path: str | Path) -> RateLimits:
+    """Read a ``--limits`` file (JSON, see :func:`limits_from_json`) with the strict loader.
+
+    Raises:
+        InvalidInput: the file cannot be read, is not strict JSON, or holds bad quotas.
+    """
+    p = Path(path)
+    try:
+        raw = p.read_bytes()
+    except OSError as exc:
+        raise InvalidInput(f"cannot read limits file {p}: {exc.strerror or exc}") from None
+    try:
+        obj = load_json(raw)
+    except InvalidInput as exc:
+        raise InvalidInput(f"limits file {p}: {exc}") from None
+    return limits_from_json(obj, source=f"limits file {p}")
 
 
 def build_server(
@@ -167,6 +284,7 @@ def run(
     snapshot_dir: str | None = None,
     snapshot_every: float = 600.0,
     allow_foreign_keys: bool = False,
+    workers: int = 1,
 ) -> None:
     """Serve the HTTP API with uvicorn until interrupted.
 
@@ -191,8 +309,45 @@ def run(
         snapshot_every: seconds between snapshot writes (with ``snapshot_dir``).
         allow_foreign_keys: serve a store with users under keys this server does not hold.
         refresh_every: seconds between background re-syncs of the index with the store
-            (for several server processes on one store); 0 for a single process.
+            (for several server processes on one store); 0 for a single process, and
+            :data:`WORKER_REFRESH_EVERY` when ``workers`` > 1.
+        workers: worker processes sharing the port (uvicorn's multiprocess supervisor).
+            With more than one, each worker builds its own server and app from the same
+            options (``authenticate``, ``admin`` and ``verify_number`` must then be
+            importable module-level callables), the store must be shared (not
+            ``memory://``), and each worker evaluates OPRF batches on cores // workers
+            threads.
+
+    Raises:
+        InvalidInput: a bad option, or ``workers`` > 1 with options a worker cannot rebuild.
+        InvalidKey: a key file is unusable, or does not match the store's keys.
+        StoreUnavailable: the store cannot be reached.
+        ContactMatchError: a worker process failed to start (its error in the message).
     """
+    if type(workers) is not int or workers < 1:
+        raise InvalidInput("workers must be a positive integer")
+    if workers > 1:
+        from contactmatch.server._workers import WorkerConfig, serve_workers
+
+        config = WorkerConfig.build(
+            store_url,
+            key_path,
+            data_key_path=data_key_path,
+            settings=settings,
+            max_body=max_body,
+            token_ttl=token_ttl,
+            authenticate=authenticate,
+            admin=admin,
+            refresh_every=refresh_every or WORKER_REFRESH_EVERY,
+            verify_number=verify_number,
+            allow_unverified_numbers=allow_unverified_numbers,
+            snapshot_dir=snapshot_dir,
+            snapshot_every=snapshot_every,
+            allow_foreign_keys=allow_foreign_keys,
+            workers=workers,
+        )
+        serve_workers(config, host=host, port=port, workers=workers)
+        return
     import uvicorn
 
     from contactmatch.server.app import create_app
@@ -219,14 +374,19 @@ def run(
             snapshot_every=snapshot_every if snapshot_dir else 0.0,
         )
         if verify_number is None and not allow_unverified_numbers:
-            sys.stderr.write(
-                "contactmatch: no --verify-number given: /v1/register and /v1/number are not "
-                "served (register users from the backend, or pass a verifier)\n"
-            )
+            _notice_no_verifier()
         # The lifespan runs the background refresh task.
         uvicorn.run(app, host=host, port=port, lifespan="on", ws="none", server_header=False)
     finally:
         server.store.close()
+
+
+def _notice_no_verifier() -> None:
+    """Say (once per server, on stderr) that the number endpoints are not served."""
+    sys.stderr.write(
+        "contactmatch: no --verify-number given: /v1/register and /v1/number are not "
+        "served (register users from the backend, or pass a verifier)\n"
+    )
 
 
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
@@ -281,7 +441,24 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         default=0.0,
         metavar="SECONDS",
         help="re-sync the index with the store this often, for several server processes "
-        "sharing one store (default 0: off, a single process)",
+        f"sharing one store (default 0: off for a single process; {WORKER_REFRESH_EVERY:g} s "
+        "with --workers > 1, whose workers are several processes on one store)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="worker processes sharing the port (default 1: one process). Each maps the "
+        "snapshot, follows the store's change feed and evaluates OPRF batches on "
+        "cores // N threads; about one worker per core. Needs a shared store (not memory://)",
+    )
+    parser.add_argument(
+        "--limits",
+        default=None,
+        metavar="PATH",
+        help='quotas: a JSON object of RateLimits fields, e.g. {"requests": {"capacity": '
+        '600, "period": 3600}, "max_items": 25000}; fields left out keep their defaults',
     )
     parser.add_argument(
         "--snapshot-dir",
@@ -319,18 +496,57 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    del signum, frame
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """Make SIGTERM unwind like Ctrl-C for the duration, then restore the old handler.
+
+    uvicorn finishes in-flight requests on either signal and then re-raises the signal it
+    caught under the handler it found: with the default SIGTERM handler the process would die
+    by the signal, skipping every ``finally`` (the store would not be closed). As a
+    KeyboardInterrupt it unwinds, and uvicorn (or :func:`serve_command`) treats it as the
+    stop it is. Outside the main thread signals cannot be handled; nothing changes there.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def serve_command(args: argparse.Namespace) -> int:
-    """Handler of ``contactmatch serve``: run the server until interrupted; returns 0."""
+    """Handler of ``contactmatch serve``: run the server until stopped; returns 0.
+
+    SIGTERM and SIGINT (Ctrl-C) stop it cleanly, also while it starts: in-flight requests
+    finish, and the process exits 0 without a traceback.
+    """
+    try:
+        with _sigterm_interrupts():
+            _serve(args)
+    except KeyboardInterrupt:
+        pass  # a stop requested while starting (or one uvicorn handed back): nothing to report
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> None:
     from contactmatch.keys import ServerKey
     from contactmatch.oprf import Mode
     from contactmatch.service import DEFAULT_SCHEMES, ServiceSettings
 
+    limits = load_limits(args.limits) if args.limits is not None else RateLimits()
     schemes = tuple(args.schemes or ())
     if not schemes:
         # The default flows are OPRF ones; a VOPRF key serves their verifiable twins.
         verifiable = ServerKey.load(args.key).mode is Mode.VOPRF
         schemes = tuple("v" + s if verifiable else s for s in DEFAULT_SCHEMES)
-    settings = ServiceSettings(schemes=schemes, region=args.region)
+    settings = ServiceSettings(schemes=schemes, region=args.region, limits=limits)
     verifier = (
         cast("NumberVerifier", load_callable(args.verify_number)) if args.verify_number else None
     )
@@ -354,8 +570,8 @@ def serve_command(args: argparse.Namespace) -> int:
         snapshot_dir=args.snapshot_dir,
         snapshot_every=args.snapshot_every,
         allow_foreign_keys=args.allow_foreign_keys,
+        workers=args.workers,
     )
-    return 0
 
 
 class ServerThread:
