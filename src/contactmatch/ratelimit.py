@@ -298,7 +298,11 @@ class RateLimiter:
         # would let a scraper retry the same numbers for free.
         new = self.store.count_unseen(subject, fps, now=now, ttl=self.seen_ttl)
         self._charge(subject, quota, ceiling, new)
-        self.store.add_seen(subject, fps, now=now)
+        if new:
+            # Nothing new (a re-sync of an unchanged book) writes nothing: the entries are
+            # then not refreshed, so a book is charged again once per ``seen_ttl``, when
+            # its quota has refilled anyway, and a re-sync costs the store a read only.
+            self.store.add_seen(subject, fps, now=now)
 
     def expire(self) -> int:
         """Drop drained buckets and seen entries past :attr:`seen_ttl`; returns how many."""

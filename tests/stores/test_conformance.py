@@ -56,6 +56,25 @@ def test_upsert_keeps_created_at_and_moves_token(store: BaseStore) -> None:
     assert store.count_users() == 1
 
 
+def test_confirm_tokens_is_lookup_without_the_number(store: BaseStore) -> None:
+    users = [user(1), user(2, disc=CONTACTS), user(3, disc=NOBODY)]
+    store.put_users(users)
+    probe = [token(3), b"\x00" * 32, token(1), token(2)]
+    got = store.confirm_tokens(probe)
+    want = [
+        None if r is None else (r.user_id, r.token, r.key_id, r.discoverability)
+        for r in store.lookup_tokens(probe)
+    ]
+    assert [None if h is None else tuple(h) for h in got] == want
+    assert got[1] is None
+    assert got[0] is not None
+    assert got[0].discoverability is NOBODY
+    assert token(1).hex() not in repr(got[2])
+    assert store.confirm_tokens([]) == []
+    with pytest.raises(InvalidInput):
+        store.confirm_tokens([b"short"])
+
+
 def test_lookup_tokens_aligned(store: BaseStore) -> None:
     users = [user(i) for i in range(5)]
     store.put_users(users)

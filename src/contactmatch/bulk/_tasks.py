@@ -158,8 +158,7 @@ def context(target: Target) -> _Context:
 
 def _matches(ctx: _Context, target: Target) -> bool:
     return (
-        ctx.oprf.current_key_id == target.key_id
-        and ctx.data_key.primary_id == target.data_key_id
+        ctx.oprf.current_key_id == target.key_id and ctx.data_key.primary_id == target.data_key_id
     )
 
 

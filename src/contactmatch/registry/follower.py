@@ -102,7 +102,7 @@ class RegistryFollower:
     def _confirm(self, tokens: Sequence[bytes]) -> list[str | None]:
         """Canonical hits, confirmed by the store: the full token, discoverable, current key."""
         out: list[str | None] = []
-        for tok, rec in zip(tokens, self.store.lookup_tokens(list(tokens)), strict=True):
+        for tok, rec in zip(tokens, self.store.confirm_tokens(list(tokens)), strict=True):
             ok = (
                 rec is not None
                 and rec.discoverability is Discoverability.EVERYONE

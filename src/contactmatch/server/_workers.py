@@ -36,6 +36,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import sys
 import tempfile
 import threading
@@ -318,6 +319,30 @@ def _current_handlers() -> dict[signal.Signals, Any]:
     return {sig: signal.getsignal(sig) for sig in sigs}
 
 
+def _listening_socket(host: str, port: int) -> socket.socket:
+    """The shared listening socket, created as TCP explicitly.
+
+    uvicorn's ``Config.bind_socket`` creates it with protocol 0; asyncio then never sets
+    ``TCP_NODELAY`` on the connections the workers accept (it checks the socket's
+    ``proto``), and every request after the first on a keep-alive connection waits for
+    Nagle's algorithm, about 40 ms (uvicorn issue #3149). One process serving alone is not
+    affected: there asyncio creates the socket itself.
+
+    Raises:
+        OSError: the address cannot be bound (in use, not local).
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    sock.set_inheritable(True)
+    return sock
+
+
 def serve_workers(config: WorkerConfig, *, host: str, port: int, workers: int) -> None:
     """Run ``workers`` uvicorn workers of ``config`` on ``host:port`` until stopped.
 
@@ -331,6 +356,7 @@ def serve_workers(config: WorkerConfig, *, host: str, port: int, workers: int) -
         ContactMatchError: a worker failed to start (its error in the message).
     """
     import uvicorn
+    from uvicorn.supervisors import Multiprocess
 
     server = config.server()
     server.store.close()
@@ -350,7 +376,7 @@ def serve_workers(config: WorkerConfig, *, host: str, port: int, workers: int) -
         # and leaves its handlers installed; put back the caller's when it returns.
         handlers = _current_handlers()
         try:
-            uvicorn.run(
+            uv_config = uvicorn.Config(
                 f"{__name__}:app_from_environment",
                 factory=True,
                 workers=workers,
@@ -360,6 +386,13 @@ def serve_workers(config: WorkerConfig, *, host: str, port: int, workers: int) -
                 ws="none",
                 server_header=False,
             )
+            sock = _listening_socket(host, port)
+            try:
+                Multiprocess(uv_config, sockets=[sock]).run()
+            except KeyboardInterrupt:
+                pass
+            finally:
+                sock.close()
         finally:
             for sig, handler in handlers.items():
                 signal.signal(sig, handler)

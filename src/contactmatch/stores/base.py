@@ -159,6 +159,18 @@ class Rekey:
         return f"Rekey(user_id={self.user_id!r}, key_id={self.key_id!r})"
 
 
+class Holder(NamedTuple):
+    """Who holds a token: what discovery needs to confirm a match, and no more."""
+
+    user_id: str
+    token: bytes
+    key_id: str
+    discoverability: Discoverability
+
+    def __repr__(self) -> str:  # a token stays out of logs
+        return f"Holder(user_id={self.user_id!r}, key_id={self.key_id!r})"
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class FeedPage:
     """One read of the change feed: what changed after a position, and whether that is all.
@@ -238,6 +250,9 @@ class RegistryStore(Protocol):
 
     def lookup_tokens(self, tokens: Sequence[bytes]) -> list[UserRecord | None]:
         """Registrations aligned with ``tokens`` (None where no user has the token)."""
+
+    def confirm_tokens(self, tokens: Sequence[bytes]) -> list[Holder | None]:
+        """Who holds each token, without the number (the discovery hot path)."""
 
     def set_discoverability(self, changes: Mapping[str, Discoverability], now: float) -> None:
         """Change users' discoverability; all or nothing."""
@@ -591,6 +606,18 @@ class BaseStore:
             return []
         with self._mapped("lookup_tokens"):
             return self._lookup_tokens(toks)
+
+    def confirm_tokens(self, tokens: Sequence[bytes]) -> list[Holder | None]:
+        """Who holds each token (user id, key id, setting), aligned with ``tokens``.
+
+        :meth:`lookup_tokens` without the number's ciphertext and wrapped key: discovery
+        confirms every filter hit here, so SQL adapters read one narrow row per token.
+        """
+        toks = [check_token(t) for t in check_sequence(tokens, "tokens")]
+        if not toks:
+            return []
+        with self._mapped("confirm_tokens"):
+            return self._confirm_tokens(toks)
 
     def set_discoverability(self, changes: Mapping[str, Discoverability], now: float) -> None:
         """Change discoverability for several users; all or nothing.
@@ -950,6 +977,12 @@ class BaseStore:
 
     def _lookup_tokens(self, tokens: list[bytes]) -> list[UserRecord | None]:
         raise NotImplementedError
+
+    def _confirm_tokens(self, tokens: list[bytes]) -> list[Holder | None]:
+        return [
+            None if r is None else Holder(r.user_id, r.token, r.key_id, r.discoverability)
+            for r in self._lookup_tokens(tokens)
+        ]
 
     def _set_discoverability(self, changes: dict[str, Discoverability], now: float) -> None:
         raise NotImplementedError

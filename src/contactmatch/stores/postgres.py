@@ -46,9 +46,11 @@ from contactmatch.errors import (
 )
 from contactmatch.stores.base import (
     DISC_CODES,
+    DISC_NAMES,
     BaseStore,
     Discoverability,
     FeedPage,
+    Holder,
     KeyCensus,
     Rekey,
     TakeResult,
@@ -523,6 +525,19 @@ class PostgresStore(BaseStore):
         with self._tx() as cur:
             cur.execute(f"{SELECT_USERS} WHERE u.token = ANY(%s::bytea[])", (tokens,))
             found = {bytes(r[1]): record_from_row(r) for r in cur.fetchall()}
+        return [found.get(t) for t in tokens]
+
+    def _confirm_tokens(self, tokens: list[bytes]) -> list[Holder | None]:
+        with self._tx() as cur:
+            cur.execute(
+                "SELECT u.user_id, u.token, i.key_id, u.disc FROM users u "
+                "JOIN key_ids i ON i.code = u.kid WHERE u.token = ANY(%s::bytea[])",
+                (tokens,),
+            )
+            found = {
+                bytes(tok): Holder(str(uid), bytes(tok), str(kid), DISC_NAMES[int(disc)])
+                for uid, tok, kid, disc in cur.fetchall()
+            }
         return [found.get(t) for t in tokens]
 
     def _set_discoverability(self, changes: dict[str, Discoverability], now: float) -> None:

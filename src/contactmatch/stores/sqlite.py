@@ -40,9 +40,11 @@ from contactmatch.errors import (
 )
 from contactmatch.stores.base import (
     DISC_CODES,
+    DISC_NAMES,
     BaseStore,
     Discoverability,
     FeedPage,
+    Holder,
     KeyCensus,
     Rekey,
     TakeResult,
@@ -440,6 +442,18 @@ class SQLiteStore(BaseStore):
                 for row in cur.execute(q, chunk):
                     rec = record_from_row(row)
                     found[rec.token] = rec
+        return [found.get(t) for t in tokens]
+
+    def _confirm_tokens(self, tokens: list[bytes]) -> list[Holder | None]:
+        found: dict[bytes, Holder] = {}
+        with self._read() as cur:
+            for chunk in _chunks(tokens):
+                q = (
+                    "SELECT u.user_id, u.token, i.key_id, u.disc FROM users u "  # noqa: S608
+                    f"JOIN key_ids i ON i.code = u.kid WHERE u.token IN ({_marks(len(chunk))})"
+                )
+                for uid, tok, kid, disc in cur.execute(q, chunk):
+                    found[tok] = Holder(uid, tok, kid, DISC_NAMES[disc])
         return [found.get(t) for t in tokens]
 
     def _set_discoverability(self, changes: dict[str, Discoverability], now: float) -> None:
