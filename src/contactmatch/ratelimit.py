@@ -23,6 +23,7 @@ never contain ``:``:
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -165,6 +166,7 @@ class RateLimiter:
         self.store = store
         self.limits = limits
         self._secret = secret
+        self._fp_key = hmac.digest(secret, b"contactmatch/seen-fingerprint/v2", "sha256")
         self._clock = clock
 
     def __repr__(self) -> str:
@@ -263,8 +265,11 @@ class RateLimiter:
         self._charge(subject, self.limits.evaluations, self.limits.global_evaluations, n)
 
     def _fingerprints(self, domain: bytes, items: Sequence[bytes]) -> list[bytes]:
-        key = self._secret
-        return [hmac.digest(key, domain + t, "sha256")[:8] for t in items]
+        # Keyed BLAKE2b (a PRF like HMAC, with the key in its parameter block) rather than
+        # HMAC-SHA256: a lookup fingerprints every token it carries, and this is ~6x cheaper.
+        key = self._fp_key
+        blake = hashlib.blake2b
+        return [blake(domain + t, key=key, digest_size=8).digest() for t in items]
 
     def new_tokens(self, subject: str, tokens: Sequence[bytes]) -> None:
         """Charge only the tokens this subject never looked up before, then remember them."""

@@ -612,6 +612,8 @@ class SQLiteStore(BaseStore):
                 [(subject, f, now) for f in fingerprints],
             )
             new = self._conn.total_changes - before
+            if new == len(fingerprints):
+                return new  # all inserted: nothing older to refresh (a first lookup)
             for chunk in _chunks(fingerprints):
                 q = (
                     "UPDATE seen SET added = ? WHERE subject = ? AND added < ? "  # noqa: S608
