@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import NoReturn
 
 from contactmatch.errors import InvalidInput, RateLimited
-from contactmatch.stores.base import RegistryStore, TakeResult
+from contactmatch.stores.base import QuotaStore, TakeResult
 
 __all__ = ["GLOBAL_SUBJECT", "Quota", "RateLimiter", "RateLimits"]
 
@@ -158,7 +158,7 @@ class RateLimiter:
 
     def __init__(
         self,
-        store: RegistryStore,
+        store: QuotaStore,
         limits: RateLimits,
         secret: bytes,
         clock: Callable[[], float],

@@ -18,27 +18,37 @@ from urllib.parse import urlsplit
 from contactmatch.errors import InvalidInput, MissingDependency
 from contactmatch.stores.base import (
     BaseStore,
+    ContactStore,
     Discoverability,
     FeedPage,
+    FeedStore,
     Holder,
     KeyCensus,
+    QuotaStore,
     RegistryStore,
     Rekey,
+    StatsStore,
     TakeResult,
     UserRecord,
+    UserStore,
 )
 
 __all__ = [
     "DEFAULT_URL",
     "BaseStore",
+    "ContactStore",
     "Discoverability",
     "FeedPage",
+    "FeedStore",
     "Holder",
     "KeyCensus",
+    "QuotaStore",
     "RegistryStore",
     "Rekey",
+    "StatsStore",
     "TakeResult",
     "UserRecord",
+    "UserStore",
     "open_store",
 ]
 

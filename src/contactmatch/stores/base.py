@@ -238,9 +238,8 @@ def drain_time(level: float, updated: float, refill_per_s: float) -> float:
     return updated + level / refill_per_s
 
 
-@runtime_checkable
-class RegistryStore(Protocol):
-    """Everything the discovery service keeps, in batch methods; see ``docs/storage.md``."""
+class UserStore(Protocol):
+    """Registrations: the users, their tokens, encrypted numbers and settings."""
 
     def put_users(self, users: Sequence[UserRecord], *, mark: str | None = None) -> None:
         """Insert or replace registrations (upsert by user id)."""
@@ -269,6 +268,10 @@ class RegistryStore(Protocol):
     def delete_account(self, user_id: str) -> None:
         """Erase a user: registration, number, wrapped user key, uploads (not rate state)."""
 
+
+class ContactStore(Protocol):
+    """Opt-in contact uploads (tokens only), for contacts-only discoverability."""
+
     def replace_contacts(self, owner_id: str, tokens: Sequence[bytes], key_id: str) -> None:
         """Replace the contact tokens ``owner_id`` uploaded (opt-in) with ``tokens``."""
 
@@ -277,6 +280,10 @@ class RegistryStore(Protocol):
 
     def purge_contacts(self, keep_key_id: str) -> int:
         """Drop uploads made under any other key id; returns how many tokens were dropped."""
+
+
+class QuotaStore(Protocol):
+    """Rate state: leaky buckets and seen sets. All the rate limiter and the lab need."""
 
     def take(
         self,
@@ -304,6 +311,10 @@ class RegistryStore(Protocol):
     def expire_rate_state(self, now: float, seen_ttl: float) -> int:
         """Drop drained buckets and seen entries older than ``seen_ttl``; how many went."""
 
+
+class StatsStore(Protocol):
+    """Aggregate counters and named checkpoints (rotations, imports)."""
+
     def incr_stats(self, deltas: Mapping[str, int]) -> None:
         """Add to aggregate counters (names only, never identifiers)."""
 
@@ -315,6 +326,10 @@ class RegistryStore(Protocol):
 
     def set_checkpoint(self, name: str, value: str | None) -> None:
         """Set or (None) clear a named checkpoint."""
+
+
+class FeedStore(Protocol):
+    """The change feed and the store's identity, which registry followers read."""
 
     def feed_head(self) -> int:
         """The highest change-feed sequence number assigned so far (0 if none)."""
@@ -332,6 +347,15 @@ class RegistryStore(Protocol):
 
     def key_census(self) -> KeyCensus:
         """Users per OPRF key id and per data-key id, without scanning the users."""
+
+
+@runtime_checkable
+class RegistryStore(UserStore, ContactStore, QuotaStore, StatsStore, FeedStore, Protocol):
+    """Everything the discovery service keeps, in batch methods; see ``docs/storage.md``.
+
+    The union of the role protocols: code that needs one role (the rate limiter: quotas)
+    depends on that role only.
+    """
 
     def close(self) -> None:
         """Release connections; the store is unusable afterwards."""
