@@ -33,6 +33,7 @@ from _common import Report, console, parse_args
 
 PG = "postgresql://postgres@127.0.0.1:5432/test"
 REDIS = "redis://127.0.0.1:6379/0"
+_URLS = {"postgres": PG, "redis": REDIS}
 
 
 def write_input(path: Path, n: int, seed: int = 1) -> None:
@@ -62,16 +63,16 @@ def fresh_store(kind: str, tmp: Path) -> Iterator[str]:
     if kind == "sqlite":
         yield f"sqlite:///{tmp}/{tag}.db"
     elif kind == "postgres":
-        yield f"{PG}?schema={tag}"
+        yield f"{_URLS['postgres']}?schema={tag}"
         import psycopg
 
-        with psycopg.connect(PG, autocommit=True) as conn:
+        with psycopg.connect(_URLS["postgres"], autocommit=True) as conn:
             conn.execute(f'DROP SCHEMA IF EXISTS "{tag}" CASCADE')
     elif kind == "redis":
-        yield f"{REDIS}?prefix={tag}"
+        yield f"{_URLS['redis']}?prefix={tag}"
         import redis
 
-        r = redis.Redis(host="127.0.0.1", port=6379)
+        r = redis.Redis.from_url(_URLS["redis"])
         batch: list[bytes] = []
         for key in r.scan_iter(match="{" + tag + ":*", count=5000):
             batch.append(key)
@@ -113,7 +114,10 @@ def main() -> int:
         stores=(str, "sqlite,postgres,redis", "adapters for the store-share runs"),
         scaling_store=(str, "postgres", "the store of the scaling runs (default postgres)"),
         partition=(int, 20_000, "lines per partition (default 20,000)"),
+        pg=(str, PG, "PostgreSQL URL (a schema per run is created and dropped)"),
+        redis=(str, REDIS, "Redis URL (a key prefix per run is created and deleted)"),
     )
+    _URLS.update(postgres=args.pg, redis=args.redis)
     if args.quick:
         args.numbers, args.store_numbers, args.partition = 3_000, 2_000, 500
         args.scaling_store = "sqlite"
