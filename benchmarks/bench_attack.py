@@ -34,7 +34,7 @@ from contactmatch.keys import ServerKey
 from contactmatch.oprf import Mode
 from contactmatch.ratelimit import DAY, Quota, RateLimits
 from contactmatch.schemes.wire import EvalRequest
-from contactmatch.server import HttpServer, ServerThread, SignedTokens, create_app
+from contactmatch.server import HttpClient, ServerThread, SignedTokens, create_app
 from contactmatch.service import DiscoveryServer, ServiceSettings
 from contactmatch.stores import open_store
 
@@ -154,7 +154,7 @@ def flood(world: World, report: Report, label: str, accounts: int, book: int) ->
     assert world.register("newcomer", n(700_000)).status_code == 200
     contacts = [n(i) for i in range(book // 3)] + [n(600_000 + i) for i in range(book - book // 3)]
     t0 = time.perf_counter()
-    with HttpServer(world.url, world.tokens.issue("newcomer")) as http:
+    with HttpClient(world.url, world.tokens.issue("newcomer")) as http:
         try:
             result = http.sync(contacts)
             ok = result.matches == {n(i): f"u{i}" for i in range(book // 3)}

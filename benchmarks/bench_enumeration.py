@@ -16,8 +16,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import Report, parse_args, progress
-from contactmatch.audit import DAY, scale_limits, simulate_enumeration
-from contactmatch.ratelimit import RateLimits
+from contactmatch.lab import simulate_enumeration
+from contactmatch.ratelimit import DAY, RateLimits, scale_limits
 from contactmatch.service import ServiceSettings
 
 

@@ -10,7 +10,7 @@ HTTP/1.1 requests over asyncio connections and measures, per worker count, the t
 p50/p99 latency and errors of two kinds of sync of a ``--book``-contact phone book (1,000;
 30 % registered numbers, 70 % strangers), scheme ``oprf+filter``.
 
-**A first sync** is exactly what :meth:`HttpServer.sync` sends from a fresh install (no
+**A first sync** is exactly what :meth:`HttpClient.sync` sends from a fresh install (no
 filter, empty token cache), one request after the other on one keep-alive connection:
 
 1. ``GET /v1/info/oprf+filter``;
@@ -21,7 +21,7 @@ filter, empty token cache), one request after the other on one keep-alive connec
    registered contacts): the server confirms them and answers their user ids.
 
 **A re-sync** is what the same client sends next time when no contact changed, with its
-filter and token cache held (``DiscoveryClient(cache=...)``, ``HttpServer._current_filter``):
+filter and token cache held (``DiscoveryClient(cache=...)``, ``HttpClient._current_filter``):
 
 1. ``GET /v1/info/oprf+filter``;
 2. ``GET /v1/filter/oprf+filter?since=V`` with ``If-None-Match: "V"``: ``304 Not Modified``;
@@ -334,8 +334,8 @@ def make_books(
     n_books: int, *, size: int, users: int, share: float, info: bytes, blob: bytes, key: Any
 ) -> list[Book]:
     """``n_books`` phone books and their request bodies, made by the library's client."""
-    from contactmatch.schemes.factory import make_server_tokens
     from contactmatch.schemes.server import SchemeServer
+    from contactmatch.schemes.tokens import make_server_tokens
     from contactmatch.schemes.wire import ServiceResponse
     from contactmatch.service import DiscoveryClient
 

@@ -1,7 +1,7 @@
 """Compare every scheme pair on one workload: bytes up/down, round trips, client and server CPU.
 
 The researchers' table. One registry and one phone book (30% registered) for every pair (see
-``contactmatch.schemes.compare``); each discovery runs through the same bytes-in/bytes-out
+``contactmatch.lab.compare``); each discovery runs through the same bytes-in/bytes-out
 path a network would carry and is repeated (best-of) to steady the CPU figures. No goals:
 this benchmark describes trade-offs, it does not gate anything.
 """
@@ -14,8 +14,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import Report, parse_args, progress
+from contactmatch.lab.compare import compare, workload
 from contactmatch.schemes import scheme_names
-from contactmatch.schemes.compare import compare, workload
 
 
 def main() -> int:

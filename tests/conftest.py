@@ -1,8 +1,9 @@
 """Store fixtures for the whole suite: a ``store_url`` per adapter, each test isolated.
 
-PostgreSQL tests get a fresh schema and Redis tests a fresh key prefix, dropped afterwards.
-When a server is unreachable its tests SKIP with the reason, except under ``CI=true``, where a
-missing service is a broken pipeline and the tests FAIL instead. The Redis Cluster is started
+PostgreSQL tests get a fresh schema (``pg_schemas``, the one fixture that names them) and Redis
+tests a fresh key prefix, dropped afterwards. When a server is unreachable its tests SKIP with
+the reason, except under ``CI=true``, where a missing service is a broken pipeline and the
+tests FAIL instead. The Redis Cluster is started
 by the suite (once per session, only if a test needs it); without the ``redis-server`` binary
 its tests skip, or fail under ``CI=true``.
 """
@@ -82,7 +83,39 @@ def backend(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def store_url(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[str]:
+def pg_schemas() -> Iterator[Callable[[], str]]:
+    """Fresh PostgreSQL schema names for one test, every one dropped after it.
+
+    The one place tests get a schema: ``store_url`` uses it for the ``postgres`` backend, and
+    a test that builds a PostgreSQL store itself (migrations, a second store) asks for
+    :func:`pg_schema` or calls this factory, so no schema outlives its test.
+    """
+    made: list[str] = []
+
+    def new() -> str:
+        tag = "t" + uuid.uuid4().hex[:12]
+        made.append(tag)
+        return tag
+
+    yield new
+    if made and reachable(PG_HOST, PG_PORT):
+        for tag in made:
+            drop_pg_schema(tag)
+
+
+@pytest.fixture
+def pg_schema(pg_schemas: Callable[[], str]) -> str:
+    """A fresh PostgreSQL schema name (not created yet), dropped after the test."""
+    return pg_schemas()
+
+
+@pytest.fixture
+def store_url(
+    backend: str,
+    tmp_path: Path,
+    pg_schemas: Callable[[], str],
+    request: pytest.FixtureRequest,
+) -> Iterator[str]:
     """A URL naming a fresh, isolated store of the adapter under test (cleaned up after)."""
     tag = "t" + uuid.uuid4().hex[:12]
     if backend == "memory":
@@ -90,9 +123,7 @@ def store_url(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> I
     elif backend == "sqlite":
         yield f"sqlite:///{tmp_path}/registry.db"
     elif backend == "postgres":
-        yield f"{PG_BASE}?schema={tag}"
-        if reachable(PG_HOST, PG_PORT):
-            drop_pg_schema(tag)
+        yield f"{PG_BASE}?schema={pg_schemas()}"
     elif backend == "redis-cluster":
         base: str = request.getfixturevalue("redis_cluster")
         yield f"{base}?prefix={tag}"

@@ -9,18 +9,12 @@ import re
 
 import pytest
 
-from contactmatch.audit import (
-    DAY,
-    audit_command,
-    leakage_report,
-    reverse_sha256,
-    scale_limits,
-)
-from contactmatch.cli import add_audit_arguments
+from contactmatch.cli.audit import add_audit_arguments, audit_command
 from contactmatch.errors import InvalidInput
 from contactmatch.keys import ServerKey
+from contactmatch.lab import leakage_report, reverse_sha256
 from contactmatch.oprf import Mode
-from contactmatch.ratelimit import RateLimits
+from contactmatch.ratelimit import DAY, RateLimits, scale_limits
 from contactmatch.schemes import make_server_tokens, scheme_names
 
 PREFIX, DIGITS = "+9891200", 5
@@ -128,3 +122,44 @@ def test_audit_command_runs_one_attack(capsys: pytest.CaptureFixture[str]) -> No
     out = capsys.readouterr().out
     assert "sha256+filter" in out
     assert "scraper accounts" not in out
+
+
+SMALL = [
+    "--accounts", "2", "--days", "2", "--registry", "200", "--plan", "20000",
+    "--book", "200", "--resyncs", "1", "--prefix", "+98912000", "--digits", "4",
+]  # fmt: skip
+
+
+def test_audit_json_is_the_same_report(capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    assert run_cli([*SMALL, "--json"]) == 0
+    out = capsys.readouterr().out
+    doc = json.loads(out)
+    assert set(doc) == {"leakage", "enumeration", "normal_user", "hash_reversal"}
+    assert set(doc["leakage"]["schemes"]) == set(scheme_names())
+    assert "sha256+filter" in doc["leakage"]["offline"]
+    (sweep,) = doc["enumeration"]
+    assert (sweep["scheme"], sweep["accounts"], len(sweep["rows"])) == ("hmac+lookup", 2, 2)
+    assert sweep["rows"][-1]["learned_total"] <= sweep["rows"][-1]["cumulative_bound"]
+    assert [r["scheme"] for r in doc["normal_user"]] == ["oprf+filter", "oprf+bucket"]
+    assert all(r["all_correct"] and not r["ever_rate_limited"] for r in doc["normal_user"])
+    found = {r["token_function"]: r["found"] for r in doc["hash_reversal"]}
+    assert found["hmac"] == found["oprf"] == 0
+    assert found["sha256"] > 0
+    # Counts and rates only: no phone number is ever printed, not even in JSON.
+    assert not re.search(r"\+?98912\d{7}", out)
+
+
+def test_the_numbering_plan_is_data() -> None:
+    from contactmatch.lab.plan import load_plan
+    from contactmatch.phone import normalize
+
+    plan = load_plan()
+    assert (plan.country, plan.calling_code, plan.subscriber_digits) == ("IR", "98", 7)
+    assert (plan.swept, plan.scrapers, plan.others) == ("+98912", "+98935", "+98919")
+    assert plan.mobile_numbers == 10**9
+    assert "Communications Regulatory Authority" in plan.source
+    for prefix in plan.prefixes():
+        number = plan.number(prefix, 1_234_567)
+        assert normalize(number, mobile_only=True) == number  # every range is a mobile range

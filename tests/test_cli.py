@@ -1,7 +1,9 @@
-"""The command line: normalize, --version, --help, demo."""
+"""The command line: every command's wiring, its errors (never a traceback) and its output."""
 
 from __future__ import annotations
 
+import json
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +12,8 @@ import pytest
 
 from contactmatch import __version__
 from contactmatch.cli import main
+from contactmatch.keys import ServerKey
+from contactmatch.oprf import Mode
 
 
 def test_version(capsys: pytest.CaptureFixture[str]) -> None:
@@ -98,7 +102,39 @@ def test_normalize_refuses_a_file_that_is_not_utf8(
 
 def test_missing_file_is_a_clean_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["normalize", str(tmp_path / "nope.txt")]) == 2
-    assert "error" in capsys.readouterr().err
+    # The file's name is kept (not its directory), and no traceback.
+    assert capsys.readouterr().err == "contactmatch: error: No such file or directory: nope.txt\n"
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"\x00\x01\x02\xff\xfe binary \x89PNG\r\n", b"\x1f\x8b\x08\x00\x00\x00\x00\x00\xff"],
+    ids=["binary", "gzip"],
+)
+def test_binary_input_gets_the_library_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], data: bytes
+) -> None:
+    from contactmatch.contacts import read_contacts
+    from contactmatch.errors import InvalidContactCard
+
+    f = tmp_path / "book.bin"
+    f.write_bytes(data)
+    with pytest.raises(InvalidContactCard) as exc:
+        read_contacts(data)
+    assert main(["normalize", str(f)]) == 2
+    assert capsys.readouterr().err == f"contactmatch: error: {exc.value}\n"
+
+
+def test_binary_stdin_is_a_clean_error() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "contactmatch.cli", "normalize", "-"],
+        input=b"\xff\xfe\x00\x00garbage",
+        capture_output=True,
+        check=False,
+        timeout=60,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr == b"contactmatch: error: contact input is not UTF-8\n"
 
 
 def test_malformed_vcard_is_a_clean_error(
@@ -134,3 +170,164 @@ def test_vacuum_command_expires_rate_state_and_reports(
     assert main(["vacuum", "--store", url]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["rate_state_expired"] == 1  # drained long ago (time 1.0 + 5 s)
+
+
+def _mode_of(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_keygen_writes_a_private_key_and_prints_only_its_id(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "server.key"
+    assert main(["keygen", str(path)]) == 0
+    key = ServerKey.load(path)
+    assert _mode_of(path) == 0o600
+    assert key.mode is Mode.OPRF
+    out = capsys.readouterr().out
+    assert out == f"wrote OPRF key {key.key_id} to {path} (mode 0600)\n"
+    assert key.private_bytes().hex() not in out
+    # An existing key is never replaced without --force.
+    assert main(["keygen", str(path)]) == 2
+    assert "server.key" in capsys.readouterr().err
+    assert ServerKey.load(path).key_id == key.key_id
+    assert main(["keygen", str(path), "--force", "--mode", "voprf"]) == 0
+    replaced = ServerKey.load(path)
+    assert (replaced.mode, _mode_of(path)) == (Mode.VOPRF, 0o600)
+    assert replaced.key_id != key.key_id
+    with pytest.raises(SystemExit) as exc:
+        main(["keygen", str(tmp_path / "other.key"), "--mode", "rsa"])
+    assert exc.value.code == 2
+    assert not (tmp_path / "other.key").exists()
+
+
+def test_ctrl_c_exits_130_and_says_interrupted(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import contactmatch.maintenance
+
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(contactmatch.maintenance, "vacuum", interrupted)
+    assert main(["vacuum", "--store", "memory://"]) == 130
+    assert capsys.readouterr().err == "contactmatch: interrupted\n"
+
+
+def test_ctrl_c_says_how_to_resume_where_resuming_exists(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import contactmatch.bulk
+
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(contactmatch.bulk, "import_file", interrupted)
+    monkeypatch.setattr(contactmatch.bulk, "rotate_on_cluster", interrupted)
+    key = tmp_path / "new.key"
+    ServerKey.generate(Mode.OPRF).save(key)
+    common = ["--store", "memory://", "--data-key", str(tmp_path / "d")]
+    assert main(["import", "in.csv", *common, "--key", str(key)]) == 130
+    assert capsys.readouterr().err == "contactmatch: interrupted; run again to resume\n"
+    assert main(["rotate", *common, "--new-key", str(key)]) == 130
+    assert capsys.readouterr().err == "contactmatch: interrupted; run again to resume\n"
+
+
+@pytest.mark.parametrize("port", ["0", "65536", "-1", "http", "80.5"])
+def test_a_bad_port_is_a_usage_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], port: str
+) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["serve", "--key", str(tmp_path / "k"), "--port", port])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: contactmatch serve")
+    assert "--port" in err
+    assert "Traceback" not in err
+
+
+def test_serve_options_exist_without_the_server_extra(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Without ``[server]`` the options still parse, and the handler names the fix."""
+    for module in ("uvicorn", "starlette"):
+        monkeypatch.setitem(sys.modules, module, None)  # "not installed" to find_spec
+    key = tmp_path / "server.key"
+    ServerKey.generate(Mode.OPRF).save(key)
+    argv = ["serve", "--store", "memory://", "--key", str(key), "--port", "8081"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "unrecognized arguments" not in err
+    assert err.startswith("contactmatch: error: ")
+    assert "pip install 'contactmatch[server]'" in err
+    assert "uvicorn is not installed" in err or "starlette is not installed" in err
+
+
+def test_serve_help_states_the_worker_refresh_default(capsys: pytest.CaptureFixture[str]) -> None:
+    from contactmatch.server.serve import WORKER_REFRESH_EVERY
+
+    with pytest.raises(SystemExit):
+        main(["serve", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert f"{WORKER_REFRESH_EVERY:g} s with --workers > 1" in help_text
+
+
+def test_bench_tables_keep_every_value_whole_when_piped(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A narrow "terminal" that rich would fit the table into; a pipe gets it whole anyway.
+    monkeypatch.setenv("COLUMNS", "40")
+    schemes = ["sha256+lookup", "oprf+bucket", "voprf+filter"]
+    argv = ["bench", "--registry", "300", "--book", "60", "--schemes", ",".join(schemes)]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "…" not in out
+    rows = [line for line in out.splitlines() if any(s in line for s in schemes)]
+    assert len(rows) == len(schemes)  # one line per scheme: nothing folded
+    for scheme, row in zip(schemes, rows, strict=True):
+        assert scheme in row
+        assert len([c for c in row.split("│") if c.strip()]) == 7  # every column on the line
+
+
+def test_bench_json_reports_the_same_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["bench", "--registry", "300", "--book", "60", "--schemes", "hmac+lookup,oprf+filter"]
+    assert main([*argv, "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert (doc["registered"], doc["contacts"]) == (300, 60)
+    assert [s["scheme"] for s in doc["schemes"]] == ["hmac+lookup", "oprf+filter"]
+    for s in doc["schemes"]:
+        assert s["agrees"] is True
+        assert s["matches"] == 18  # 30% of the book
+        assert s["bytes_up"] > 0
+        assert s["rounds"] >= 1
+
+
+def test_bench_refuses_an_unknown_scheme(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench", "--schemes", "rot13+lookup"]) == 2
+    assert capsys.readouterr().err.startswith("contactmatch: error: ")
+
+
+def test_demo_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["demo", "--users", "600", "--contacts", "100", "--dir", str(tmp_path), "--json"]
+    assert main(argv) == 0
+    cap = capsys.readouterr()
+    doc = json.loads(cap.out)
+    assert (doc["users"], doc["contacts"], doc["registered_in_book"]) == (600, 100, 30)
+    assert doc["ok"] is True
+    assert {(r["flow"], r["sync"]) for r in doc["runs"]} == {
+        (flow, sync) for flow in ("oprf+filter", "oprf+bucket") for sync in ("first", "re-sync")
+    }
+    assert all(r["matches"] == 30 and r["to_invite"] == 70 for r in doc["runs"])
+    assert (tmp_path / "registry.db").exists()
+
+
+def test_demo_table_and_a_book_larger_than_the_registry(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["demo", "--users", "10", "--contacts", "1000"]) == 2
+    assert "registered" in capsys.readouterr().err
+    assert main(["demo", "--users", "300", "--contacts", "50"]) == 0
+    out = capsys.readouterr().out
+    assert "Discovery over HTTP: 50 contacts, 15 registered" in out
+    assert "yes" in out
+    assert "NO" not in out

@@ -10,7 +10,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from contactmatch import InvalidContactCard
 from contactmatch.contacts import (
     ContactBook,
     load_contacts,
@@ -19,6 +18,7 @@ from contactmatch.contacts import (
     read_contacts,
 )
 from contactmatch.demo import sample_contacts_path
+from contactmatch.errors import InvalidContactCard
 
 VCARD3 = (
     "BEGIN:VCARD\r\nVERSION:3.0\r\nFN:Sara Rahimi\r\nN:Rahimi;Sara;;;\r\n"

@@ -13,7 +13,7 @@ from contactmatch import (
     ServerKey,
     ServiceSettings,
 )
-from contactmatch.server import HttpServer, ServerThread, SignedTokens, create_app
+from contactmatch.server import HttpClient, ServerThread, SignedTokens, create_app
 from contactmatch.stores import BaseStore
 
 KEY = ServerKey.derive(b"\x02" * 32, b"e2e", Mode.OPRF)
@@ -56,7 +56,7 @@ def test_over_http(service: DiscoveryServer) -> None:
 
     app = create_app(service, authenticate=tokens.verify, verify_number=sms)
     with ServerThread(app) as url:
-        me = HttpServer(url, tokens.issue("me"))
+        me = HttpClient(url, tokens.issue("me"))
         try:
             with pytest.raises(AuthenticationFailed):  # 403: no proof of possession
                 me.register("me", "0935 777 7777", region="IR")
@@ -66,7 +66,7 @@ def test_over_http(service: DiscoveryServer) -> None:
             for scheme in ("oprf+filter", "oprf+bucket"):
                 assert me.sync(BOOK, scheme=scheme, region="IR").matches == EXPECTED
             me.set_discoverability("me", "nobody")
-            other = HttpServer(url, tokens.issue("u1"))
+            other = HttpClient(url, tokens.issue("u1"))
             try:
                 assert other.sync(["+989357777777"], scheme="oprf+bucket").matches == {}
             finally:

@@ -12,19 +12,11 @@ from pathlib import Path
 import pytest
 
 from contactmatch.atrest import DataKey
-from contactmatch.audit import (
-    DAY,
-    EnumerationReport,
-    daily_bounds,
-    normal_user_check,
-    quota_bound,
-    scale_limits,
-    simulate_enumeration,
-)
 from contactmatch.errors import InvalidInput, RateLimited
 from contactmatch.keys import ServerKey
+from contactmatch.lab import EnumerationReport, normal_user_check, simulate_enumeration
 from contactmatch.oprf import Mode
-from contactmatch.ratelimit import Quota, RateLimits
+from contactmatch.ratelimit import DAY, Quota, RateLimits, daily_bounds, quota_bound, scale_limits
 from contactmatch.service import DEFAULT_SCHEMES, DiscoveryClient, DiscoveryServer, ServiceSettings
 from contactmatch.stores import BaseStore, open_store
 

@@ -20,7 +20,7 @@ from contactmatch.keys import ServerKey
 from contactmatch.oprf import Mode
 from contactmatch.ratelimit import DAY, GLOBAL_SUBJECT, Quota, RateLimits
 from contactmatch.schemes.wire import EvalRequest
-from contactmatch.server import HttpServer, ServerThread, SignedTokens, create_app
+from contactmatch.server import HttpClient, ServerThread, SignedTokens, create_app
 from contactmatch.service import DiscoveryClient, DiscoveryServer, ServiceSettings
 from contactmatch.stores import BaseStore, open_store
 
@@ -310,7 +310,7 @@ def test_a_deleted_accounts_token_authenticates_nothing(stack: ExitStack) -> Non
     srv = DiscoveryServer(open_store("memory://"), KEY, DATA_KEY)
     srv.register("gone", n(1))
     url, tokens = _serve(stack, srv, verify_number=sms)
-    http = stack.enter_context(HttpServer(url, tokens.issue("gone")))
+    http = stack.enter_context(HttpClient(url, tokens.issue("gone")))
     assert http.sync([n(2)]).matches == {}
     http.delete_account("gone")
     with pytest.raises(AuthenticationFailed):

@@ -30,6 +30,25 @@ def test_value_error_subclasses() -> None:
         assert issubclass(cls, ValueError)
     assert issubclass(errors.UnknownUser, LookupError)
     assert issubclass(errors.MissingDependency, ImportError)
+    assert issubclass(errors.ProtocolStateError, RuntimeError)
+
+
+def test_the_library_raises_no_bare_value_or_runtime_error() -> None:
+    # Typed errors subclass these where callers expect them; a bare one escapes the tree.
+    from pathlib import Path
+
+    root = Path(contactmatch.__file__).parent
+    # pydantic validators must raise ValueError: pydantic turns it into its ValidationError,
+    # which the HTTP layer maps; it never reaches a caller of the library.
+    exempt = {Path("server/models.py")}
+    bare = [
+        f"{path.relative_to(root)}:{number}"
+        for path in sorted(root.rglob("*.py"))
+        if path.relative_to(root) not in exempt
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+        if line.strip().startswith(("raise ValueError", "raise RuntimeError"))
+    ]
+    assert bare == []
 
 
 @pytest.mark.parametrize(

@@ -35,7 +35,7 @@ from contactmatch.oprf import Mode, OprfClient
 from contactmatch.phone import normalize, normalize_many
 from contactmatch.server import ServerThread, SignedTokens, create_app
 from contactmatch.server._codes import status_and_code
-from contactmatch.server.app import _json_object
+from contactmatch.server.models import SettingsBody, parse_body
 from contactmatch.service import DiscoveryServer
 from contactmatch.stores import open_store
 
@@ -66,7 +66,7 @@ HOSTILE_JSON = {
 def test_json_object_refuses_hostile_bodies_as_invalid_input(body: str | bytes) -> None:
     raw = body.encode() if isinstance(body, str) else body
     with pytest.raises(InvalidInput) as info:
-        _json_object(raw, {"discoverability": str}, {})
+        parse_body(SettingsBody, raw)
     assert status_and_code(info.value) == (400, "invalid_input")
 
 

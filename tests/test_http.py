@@ -1,16 +1,19 @@
-"""The HTTP API end to end: a real uvicorn server on 127.0.0.1, the Python client over HTTP."""
+"""The HTTP API end to end: the app through httpx's ASGI transport (no socket), a few tests
+over a real uvicorn server on 127.0.0.1, and the Python client over both."""
 
 from __future__ import annotations
 
 import argparse
+import base64
 import importlib
 import json
 import logging
+import re
 import socket
 import stat
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,10 +21,15 @@ from typing import Any
 
 import httpx
 import pytest
+from anyio.from_thread import BlockingPortal, start_blocking_portal
+from starlette.applications import Starlette
 from starlette.routing import Route
 
+from contactmatch._json import MAX_INT_DIGITS
 from contactmatch.atrest import DataKey
+from contactmatch.cli.serve import add_serve_arguments, serve_command
 from contactmatch.errors import (
+    ApiError,
     AuthenticationFailed,
     Conflict,
     InvalidInput,
@@ -43,14 +51,9 @@ from contactmatch.oprf import Mode
 from contactmatch.ratelimit import Quota, RateLimits
 from contactmatch.schemes.base import ServerInfo
 from contactmatch.schemes.wire import LookupRequest, ServiceResponse, decode, decode_json
-from contactmatch.server import HttpServer, ServerThread, SignedTokens, create_app
-from contactmatch.server._codes import ApiError
+from contactmatch.server import HttpClient, ServerThread, SignedTokens, create_app
 from contactmatch.server.auth import derive_token_secret
-from contactmatch.server.serve import (
-    add_serve_arguments,
-    load_or_create_data_key,
-    serve_command,
-)
+from contactmatch.server.serve import load_or_create_data_key
 from contactmatch.service import DiscoveryClient, DiscoveryServer, ServiceSettings
 from contactmatch.stores import open_store
 
@@ -66,25 +69,64 @@ def key() -> ServerKey:
     return ServerKey.generate(Mode.OPRF)
 
 
+class _AsyncChunks(httpx.AsyncByteStream):
+    """A sync request stream (a generator body) handed to the async ASGI transport."""
+
+    def __init__(self, chunks: Iterable[bytes]) -> None:
+        self.chunks = chunks
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        for chunk in self.chunks:
+            yield chunk
+
+
+class AppTransport(httpx.BaseTransport):
+    """httpx's ASGI transport for the synchronous client: the app runs on an event loop in a
+    helper thread (an anyio blocking portal), requests go straight to it, no socket."""
+
+    def __init__(self, app: Starlette, portal: BlockingPortal) -> None:
+        self.asgi = httpx.ASGITransport(app=app)
+        self.portal = portal
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        return self.portal.call(self._send, request)
+
+    async def _send(self, request: httpx.Request) -> httpx.Response:
+        if not isinstance(request.stream, httpx.AsyncByteStream):
+            request.stream = _AsyncChunks(request.stream)
+        resp = await self.asgi.handle_async_request(request)
+        body = await resp.aread()
+        return httpx.Response(resp.status_code, headers=resp.headers, content=body)
+
+    def close(self) -> None:
+        """Shared by every client of a test; the portal closes with the test."""
+
+
 @dataclass
 class Served:
-    """A running server and what the tests need to talk to it."""
+    """A served app and what the tests need to talk to it."""
 
     url: str
+    app: Starlette
     service: DiscoveryServer
     tokens: SignedTokens
     stack: ExitStack
-    clients: dict[str, HttpServer] = field(default_factory=dict)
+    #: None over a real server (uvicorn on a socket).
+    transport: httpx.BaseTransport | None = None
+    clients: dict[str, HttpClient] = field(default_factory=dict)
 
-    def as_user(self, user_id: str) -> HttpServer:
+    def as_user(self, user_id: str) -> HttpClient:
         """A client holding ``user_id``'s token (one per user, closed with the server)."""
         if user_id not in self.clients:
-            http = HttpServer(self.url, self.tokens.issue(user_id))
+            http = self.client(self.tokens.issue(user_id))
             self.clients[user_id] = self.stack.enter_context(http)
         return self.clients[user_id]
 
+    def client(self, token: str | None = None) -> HttpClient:
+        return self.stack.enter_context(HttpClient(self.url, token, transport=self.transport))
+
     def raw(self) -> httpx.Client:
-        return self.stack.enter_context(httpx.Client(base_url=self.url))
+        return self.stack.enter_context(httpx.Client(base_url=self.url, transport=self.transport))
 
 
 Serve = Callable[..., Served]
@@ -101,7 +143,8 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[], st
 
 @pytest.fixture
 def serve(key: ServerKey, store_url: Callable[[], str]) -> Iterator[Serve]:
-    """Factory: build a DiscoveryServer and serve it over real HTTP until the test ends."""
+    """Factory: build a DiscoveryServer and serve it until the test ends, through the ASGI
+    transport, or with ``real=True`` over a real uvicorn server."""
     with ExitStack() as stack:
 
         def start(
@@ -112,6 +155,7 @@ def serve(key: ServerKey, store_url: Callable[[], str]) -> Iterator[Serve]:
             authenticate: Callable[[str], str] | None = None,
             verify_number: Callable[[str, str, str | None], bool] | None = None,
             allow_unverified_numbers: bool = True,
+            real: bool = False,
         ) -> Served:
             store = open_store(store_url())
             stack.callback(store.close)
@@ -125,8 +169,18 @@ def serve(key: ServerKey, store_url: Callable[[], str]) -> Iterator[Serve]:
                 verify_number=verify_number,
                 allow_unverified_numbers=allow_unverified_numbers,
             )
-            url = stack.enter_context(ServerThread(app))
-            return Served(url=url, service=service, tokens=tokens, stack=stack)
+            if real:
+                url = stack.enter_context(ServerThread(app))
+                return Served(url=url, app=app, service=service, tokens=tokens, stack=stack)
+            portal = stack.enter_context(start_blocking_portal())
+            return Served(
+                url="http://cm.test",
+                app=app,
+                service=service,
+                tokens=tokens,
+                stack=stack,
+                transport=AppTransport(app, portal),
+            )
 
         yield start
 
@@ -177,8 +231,9 @@ def test_signed_tokens_verify_and_refuse(key: ServerKey) -> None:
 # -- discovery over HTTP --------------------------------------------------------------------
 
 
-def test_register_and_discover_filter_and_bucket(serve: Serve) -> None:
-    s = serve()
+@pytest.mark.parametrize("real", [False, True], ids=["asgi", "uvicorn"])
+def test_register_and_discover_filter_and_bucket(serve: Serve, real: bool) -> None:
+    s = serve(real=real)
     register_all(s, {"alice": ALICE, "bob": BOB})
     dave = s.as_user("dave")
     assert dave.register("dave", "0919 876 5432", region="IR") == DAVE
@@ -238,10 +293,10 @@ def test_filter_full_then_delta(serve: Serve) -> None:
 
 
 class Recording(httpx.BaseTransport):
-    """A real transport that remembers each request's URL and the response headers."""
+    """A transport that remembers each request's URL and the response headers."""
 
-    def __init__(self) -> None:
-        self.inner = httpx.HTTPTransport()
+    def __init__(self, inner: httpx.BaseTransport | None) -> None:
+        self.inner = inner or httpx.HTTPTransport()
         self.seen: list[tuple[httpx.URL, int, httpx.Headers]] = []
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
@@ -256,8 +311,8 @@ class Recording(httpx.BaseTransport):
 def test_sync_uses_deltas_and_304(serve: Serve) -> None:
     s = serve()
     register_all(s, {"alice": ALICE, "dave": DAVE})
-    rec = Recording()
-    dave = s.stack.enter_context(HttpServer(s.url, s.tokens.issue("dave"), transport=rec))
+    rec = Recording(s.transport)
+    dave = s.stack.enter_context(HttpClient(s.url, s.tokens.issue("dave"), transport=rec))
 
     def filter_requests() -> list[tuple[httpx.URL, int, httpx.Headers]]:
         out = [r for r in rec.seen if r[0].path.startswith("/v1/filter/")]
@@ -367,14 +422,12 @@ def test_authentication_failures(serve: Serve) -> None:
     good = s.tokens.issue("alice")
     user, expiry, sig = good.split(".")
     for token in (f"{user}.{int(expiry) + 99}.{sig}", s.tokens.issue("alice", ttl=-5), "x"):
-        http = s.stack.enter_context(HttpServer(s.url, token))
         with pytest.raises(AuthenticationFailed):
-            http.register("alice", ALICE)
-    expired = s.stack.enter_context(HttpServer(s.url, s.tokens.issue("a", ttl=-5)))
+            s.client(token).register("alice", ALICE)
     with pytest.raises(AuthenticationFailed, match="expired"):
-        expired.register("a", ALICE)
+        s.client(s.tokens.issue("a", ttl=-5)).register("a", ALICE)
     with pytest.raises(AuthenticationFailed, match="no token"):
-        s.stack.enter_context(HttpServer(s.url)).register("alice", ALICE)
+        s.client().register("alice", ALICE)
     # A token for one user cannot act for another, even through the same-signature API.
     alice = s.as_user("alice")
     with pytest.raises(AuthenticationFailed, match="another user"):
@@ -382,8 +435,9 @@ def test_authentication_failures(serve: Serve) -> None:
     assert s.service.store.get_users(["alice", "bob"]) == [None, None]
 
 
-def test_body_limits_and_malformed_bodies(serve: Serve) -> None:
-    s = serve(max_body=1024)
+@pytest.mark.parametrize("real", [False, True], ids=["asgi", "uvicorn"])
+def test_body_limits_and_malformed_bodies(serve: Serve, real: bool) -> None:
+    s = serve(max_body=1024, real=real)
     raw = s.raw()
     auth = {"Authorization": f"Bearer {s.tokens.issue('alice')}"}
 
@@ -474,7 +528,7 @@ def test_stats_need_admin(serve: Serve, key: ServerKey) -> None:
     admin = SignedTokens(derive_token_secret(key, b"contactmatch/admin/v1"))
     t = serve(admin=admin)
     register_all(t, {"alice": ALICE, "bob": BOB})
-    ops = t.stack.enter_context(HttpServer(t.url, admin.issue("ops")))
+    ops = t.client(admin.issue("ops"))
     assert ops.stats()["registrations"] == 2
     with pytest.raises(AuthenticationFailed):
         t.as_user("alice").stats()  # a user token is not an admin token
@@ -495,29 +549,326 @@ def test_unexpected_errors_stay_opaque(serve: Serve, caplog: pytest.LogCaptureFi
     assert "sekrit-token" not in caplog.text
 
 
-def test_openapi_covers_every_route(serve: Serve) -> None:
-    s = serve()
-    doc = s.raw().get("/openapi.json").json()
-    assert doc["openapi"] == "3.1.0"
-    app = create_app(s.service, authenticate=s.tokens, allow_unverified_numbers=True)
-    routes = {
+# -- the OpenAPI document against the app -------------------------------------------------
+
+
+def mounted(app: Starlette) -> set[tuple[str, str]]:
+    """(path, method) of every route the app really serves."""
+    return {
         (r.path, m.lower())
         for r in app.routes
         if isinstance(r, Route)
         for m in (r.methods or ())
         if m != "HEAD"
     }
+
+
+_ANNOTATIONS = {"title", "description", "default", "format", "examples", "example"}
+
+
+def conform(value: Any, schema: dict[str, Any], doc: dict[str, Any], at: str = "$") -> None:
+    """Assert that ``value`` satisfies a JSON Schema of the document (the keywords pydantic
+    generates; an unknown keyword fails, so nothing passes unchecked)."""
+    if "$ref" in schema:
+        name = schema["$ref"].removeprefix("#/components/schemas/")
+        conform(value, doc["components"]["schemas"][name], doc, at)
+        return
+    for word, rule in schema.items():
+        if word in _ANNOTATIONS:
+            continue
+        if word == "type":
+            kinds = {
+                "object": dict, "array": list, "string": str, "boolean": bool,
+                "null": type(None), "integer": int, "number": (int, float),
+            }  # fmt: skip
+            ok = isinstance(value, kinds[rule]) and not (
+                rule in ("integer", "number") and isinstance(value, bool)
+            )
+            assert ok, f"{at}: {type(value).__name__} is not {rule}"
+        elif word == "properties":
+            for key, sub in rule.items():
+                if key in value:
+                    conform(value[key], sub, doc, f"{at}.{key}")
+        elif word == "required":
+            assert not set(rule) - set(value), f"{at}: missing {set(rule) - set(value)}"
+        elif word == "additionalProperties":
+            extra = set(value) - set(schema.get("properties", {}))
+            if rule is False:
+                assert not extra, f"{at}: undocumented {extra}"
+            elif isinstance(rule, dict):
+                for key in extra:
+                    conform(value[key], rule, doc, f"{at}.{key}")
+        elif word == "items":
+            for i, item in enumerate(value):
+                conform(item, rule, doc, f"{at}[{i}]")
+        elif word in ("anyOf", "oneOf"):
+            passed = 0
+            for sub in rule:
+                try:
+                    conform(value, sub, doc, at)
+                except AssertionError:
+                    continue
+                passed += 1
+            assert passed == 1 if word == "oneOf" else passed >= 1, f"{at}: {word} ({passed})"
+        elif word == "const":
+            assert value == rule, f"{at}: {value!r} != {rule!r}"
+        elif word == "enum":
+            assert value in rule, f"{at}: not in {rule}"
+        elif word == "minimum":
+            assert value >= rule, at
+        elif word == "maximum":
+            assert value <= rule, at
+        elif word == "exclusiveMaximum":
+            assert value < rule, at
+        elif word == "pattern":
+            assert re.search(rule, value), f"{at}: does not match {rule}"
+        elif word == "contentEncoding":
+            assert rule == "base64"
+            base64.b64decode(value, validate=True)
+        else:
+            raise AssertionError(f"{at}: the test does not know the keyword {word!r}")
+
+
+def check_answer(doc: dict[str, Any], path: str, resp: httpx.Response) -> None:
+    """Assert that a real answer is one the document lists for its route, status and media
+    type, and that a JSON body satisfies the documented schema."""
+    method = resp.request.method.lower()
+    op = doc["paths"][path][method]
+    documented = op["responses"].get(str(resp.status_code))
+    assert documented is not None, f"{method} {path}: {resp.status_code} is not documented"
+    content = documented.get("content", {})
+    media = resp.headers.get("content-type", "").split(";")[0]
+    if not content:
+        assert not resp.content, f"{method} {path}: undocumented body"
+        return
+    assert media in content, f"{method} {path}: {media} is not documented"
+    if media == "application/json":
+        conform(resp.json(), content[media]["schema"], doc)
+    for header in documented.get("headers", {}):
+        if header in {"X-Filter-Since", "ETag"}:
+            continue  # one or the other, on deltas or whole filters
+        assert header in resp.headers, f"{method} {path}: {header} missing"
+
+
+@pytest.mark.parametrize("numbers", [True, False], ids=["with-number-routes", "without"])
+def test_openapi_documents_exactly_the_mounted_routes(serve: Serve, numbers: bool) -> None:
+    s = serve(allow_unverified_numbers=numbers)
+    raw = s.raw()
+    doc = raw.get("/openapi.json").json()
+    assert doc["openapi"] == "3.1.0"
     documented = {(path, method) for path, ops in doc["paths"].items() for method in ops}
-    assert routes == documented
-    assert len(routes) == 11
-    for path, method in routes:
+    assert documented == mounted(s.app)
+    assert (("/v1/register", "post") in documented) is numbers
+    schemas = doc["components"]["schemas"]
+    for ref in re.findall(r'"\$ref": "#/components/schemas/([^"]+)"', json.dumps(doc)):
+        assert ref in schemas
+    for path, method in documented:
         op = doc["paths"][path][method]
         assert op["summary"]
-        assert op["responses"]
-        for param in op["parameters"]:
-            if param["in"] == "path":
-                assert "{" + param["name"] + "}" in path
-    assert "requestBody" in doc["paths"]["/v1/register"]["post"]
+        in_path = {p["name"] for p in op["parameters"] if p["in"] == "path"}
+        assert in_path == set(re.findall(r"{(\w+)}", path))
+        # What the document says about authentication is what the route does.
+        concrete = path.replace("{scheme}", "oprf+filter")
+        status = raw.request(method, concrete).status_code
+        if "security" in op:
+            assert status in (401, 403), (method, path)
+        else:
+            assert status not in (401, 403), (method, path)
+
+
+def test_real_answers_match_the_documented_schemas(serve: Serve, key: ServerKey) -> None:
+    admin = SignedTokens(derive_token_secret(key, b"contactmatch/admin/v1"))
+    limits = RateLimits(requests=Quota(name="requests", capacity=4, period=3600))
+    s = serve(ServiceSettings(limits=limits), admin=admin, max_body=4096)
+    register_all(s, {"alice": ALICE})
+    raw = s.raw()
+    doc = raw.get("/openapi.json").json()
+    seen: set[tuple[str, str]] = set()
+    dave = {"Authorization": f"Bearer {s.tokens.issue('dave')}"}
+
+    def check(path: str, resp: httpx.Response) -> httpx.Response:
+        check_answer(doc, path, resp)
+        if resp.status_code < 300:
+            seen.add((path, resp.request.method.lower()))
+        return resp
+
+    def body_schema(path: str, method: str, media: str) -> dict[str, Any]:
+        return doc["paths"][path][method]["requestBody"]["content"][media]["schema"]
+
+    check("/openapi.json", raw.get("/openapi.json"))
+    check("/v1/schemes", raw.get("/v1/schemes"))
+    check("/v1/info/{scheme}", raw.get("/v1/info/oprf+filter"))
+    check("/v1/info/{scheme}", raw.get("/v1/info/nope+nothing"))
+    whole = check("/v1/filter/{scheme}", raw.get("/v1/filter/oprf+filter"))
+    check("/v1/filter/{scheme}", raw.get("/v1/filter/oprf+filter", params={"since": "x"}))
+    etag = {"If-None-Match": whole.headers["ETag"]}
+    assert check("/v1/filter/{scheme}", raw.get("/v1/filter/oprf+filter", headers=etag))\
+        .status_code == 304  # fmt: skip
+
+    body = {"number": DAVE, "region": "IR"}
+    conform(body, body_schema("/v1/register", "post", "application/json"), doc)
+    check("/v1/register", raw.post("/v1/register", json=body, headers=dave))
+    check("/v1/register", raw.post("/v1/register", json={"number": 5}, headers=dave))
+    check("/v1/register", raw.post("/v1/register", json={"number": "12"}, headers=dave))
+    check("/v1/register", raw.post("/v1/register", json=body))  # 401
+    check("/v1/number", raw.put("/v1/number", json={"number": DAVE}, headers=dave))
+    check("/v1/settings", raw.put("/v1/settings", json={"discoverability": "contacts"},
+                                  headers=dave))  # fmt: skip
+    check("/v1/settings", raw.put("/v1/settings", json={"discoverability": "x"}, headers=dave))
+
+    # Discovery in the JSON form: the requests sent satisfy the documented request schema.
+    # (oprf+bucket: see test_json_discovery_with_a_filter_scheme for oprf+filter.)
+    client = DiscoveryClient(raw.get("/v1/info/oprf+bucket").content)
+    json_headers = {**dave, "Content-Type": "application/json"}
+
+    def send(request: bytes) -> bytes:
+        form = json.loads(decode(request).to_json())
+        conform(form, body_schema("/v1/discover", "post", "application/json"), doc)
+        resp = check("/v1/discover", raw.post("/v1/discover", json=form, headers=json_headers))
+        return decode_json(resp.content, ServiceResponse).encode()
+
+    assert client.discover([ALICE, STRANGER], send).matches == {ALICE: "alice"}
+    upload = json.loads(decode(client.upload_request()).to_json())
+    conform(upload, body_schema("/v1/contacts", "post", "application/json"), doc)
+    check("/v1/contacts", raw.post("/v1/contacts", json=upload, headers=json_headers))
+    check("/v1/discover", raw.post("/v1/discover", content=client.prepare([ALICE]),
+                                   headers=dave))  # fmt: skip
+    check("/v1/discover", raw.post("/v1/discover", content=b"x" * 5000, headers=dave))  # 413
+    check("/v1/discover", raw.post("/v1/discover", content=b"x", headers={
+        **dave, "Content-Type": "text/plain"}))  # fmt: skip
+    for _ in range(3):  # over the request quota: 429
+        last = check("/v1/discover", raw.post("/v1/discover", content=client.prepare([ALICE]),
+                                              headers=dave))  # fmt: skip
+    assert last.status_code == 429
+
+    check("/v1/stats", raw.get("/v1/stats", headers={
+        "Authorization": f"Bearer {admin.issue('ops')}"}))  # fmt: skip
+    check("/v1/stats", raw.get("/v1/stats", headers=dave))
+    check("/v1/account", raw.delete("/v1/account", headers=dave))
+    check("/v1/account", raw.delete("/v1/account", headers=dave))  # 401: gone
+    assert seen == mounted(s.app)  # every route answered with success at least once
+
+
+def test_json_discovery_with_a_filter_scheme(serve: Serve) -> None:
+    s = serve()
+    register_all(s, {"alice": ALICE, "dave": DAVE})
+    raw = s.raw()
+    headers = {
+        "Authorization": f"Bearer {s.tokens.issue('dave')}",
+        "Content-Type": "application/json",
+    }
+    blob = raw.get("/v1/filter/oprf+filter").content
+    client = DiscoveryClient(raw.get("/v1/info/oprf+filter").content, filter_blob=blob)
+
+    def send(request: bytes) -> bytes:
+        resp = raw.post("/v1/discover", content=decode(request).to_json(), headers=headers)
+        assert resp.status_code == 200, resp.text
+        return decode_json(resp.content, ServiceResponse).encode()
+
+    assert client.discover([ALICE, STRANGER], send).matches == {ALICE: "alice"}
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        "[" * 1000 + "]" * 1000,
+        '{"discoverability": ' + "9" * 5000 + "}",
+        '{"discoverability": ' + "9" * (MAX_INT_DIGITS + 1) + "}",
+        '{"discoverability": "\\ud800"}',
+        '{"\\ud800": "everyone"}',
+        b'{"discoverability": "\xed\xa0\x80"}',
+        '{"discoverability": NaN}',
+        '{"discoverability": 1e999}',
+        '{"discoverability": "nobody", "discoverability": "everyone"}',
+        b'{"discoverability": "\xff"}',
+        '{"discoverability": "everyone"}'.encode("utf-16"),
+        '{"discoverability": ["everyone"]}',
+        '{"discoverability": {"$ne": 1}}',
+        '{"discoverability": "everyone", "+989123456789": 1}',
+        "null",
+    ],
+)
+def test_hostile_json_bodies_are_400_never_500(serve: Serve, body: str | bytes) -> None:
+    s = serve()
+    register_all(s, {"alice": ALICE})
+    raw = s.raw()
+    auth = {"Authorization": f"Bearer {s.tokens.issue('alice')}"}
+    for method, path in (("PUT", "/v1/settings"), ("POST", "/v1/register")):
+        resp = raw.request(method, path, content=body, headers=auth)
+        assert resp.status_code == 400, (path, resp.text)
+        error = resp.json()["error"]
+        assert error["code"] == "invalid_input"
+        assert "989123456789" not in error["message"]  # an unknown key is never echoed
+        assert "999" not in error["message"]
+
+
+def test_validation_messages_name_declared_fields_only(serve: Serve) -> None:
+    s = serve()
+    raw = s.raw()
+    auth = {"Authorization": f"Bearer {s.tokens.issue('alice')}"}
+
+    def message(body: dict[str, Any]) -> str:
+        resp = raw.post("/v1/register", json=body, headers=auth)
+        assert resp.status_code == 400
+        return str(resp.json()["error"]["message"])
+
+    assert message({"region": "IR"}) == "missing field 'number'"
+    assert message({"number": 989123456789}) == "field 'number' must be a string"
+    assert "everyone" in message({"number": ALICE, "discoverability": "friends"})
+    assert "989123456789" not in message({"number": ALICE, "+989123456789": "x"})
+
+
+# -- extras: the client needs httpx only --------------------------------------------------
+
+
+def test_client_imports_and_works_without_the_server_stack() -> None:
+    code = (
+        "import sys\n"
+        "for name in ('starlette', 'uvicorn', 'pydantic'):\n"
+        "    sys.modules[name] = None  # as if not installed\n"
+        "import httpx\n"
+        "from contactmatch.server.client import HttpClient\n"
+        "from contactmatch.server import HttpClient as exported\n"
+        "assert exported is HttpClient\n"
+        "answer = httpx.Response(200, json={'schemes': ['oprf+filter']})\n"
+        "mock = httpx.MockTransport(lambda request: answer)\n"
+        "with HttpClient('http://cm.test', 't', transport=mock) as http:\n"
+        "    print(http.schemes())\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert out.stdout.strip() == "['oprf+filter']"
+
+
+def test_missing_extras_name_the_fix(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in list(sys.modules):
+        if name == "contactmatch.server" or name.startswith("contactmatch.server."):
+            monkeypatch.delitem(sys.modules, name)
+    cases = [("starlette", "create_app", "server"), ("pydantic", "create_app", "server"),
+             ("uvicorn", "ServerThread", "server"), ("httpx", "HttpClient", "client")]  # fmt: skip
+    for module, name, extra in cases:
+        monkeypatch.setitem(sys.modules, module, None)
+        package = importlib.import_module("contactmatch.server")  # the package itself loads
+        with pytest.raises(MissingDependency) as exc:
+            getattr(package, name)
+        assert f"{module} is not installed" in str(exc.value)
+        assert f"pip install 'contactmatch[{extra}]'" in str(exc.value)
+        assert exc.value.extra == extra
+        monkeypatch.delitem(sys.modules, module)
+    monkeypatch.setitem(sys.modules, "httpx", None)
+    monkeypatch.delitem(sys.modules, "contactmatch.server.client", raising=False)
+    with pytest.raises(MissingDependency, match=r"contactmatch\[client\]"):
+        importlib.import_module("contactmatch.server.client")
+
+
+def test_old_client_name_is_a_deprecated_alias() -> None:
+    import contactmatch.server as package
+    from contactmatch.server import client as module
+
+    for where in (package, module):
+        with pytest.warns(DeprecationWarning, match="use HttpClient"):
+            assert where.HttpServer is HttpClient
 
 
 # -- client error mapping and transport -----------------------------------------------------
@@ -547,7 +898,7 @@ def test_client_maps_error_codes(status: int, code: str, expected: type[Exceptio
 
     transport = httpx.MockTransport(handler)
     with (
-        HttpServer("http://cm.test", "t", transport=transport) as http,
+        HttpClient("http://cm.test", "t", transport=transport) as http,
         pytest.raises(expected) as exc,
     ):
         http.discover("u", b"x")
@@ -565,14 +916,14 @@ def test_client_maps_rate_limit_and_non_json() -> None:
         ]
     )  # fmt: skip
     transport = httpx.MockTransport(lambda request: next(answers))
-    with HttpServer("http://cm.test", "t", transport=transport) as http:
+    with HttpClient("http://cm.test", "t", transport=transport) as http:
         with pytest.raises(RateLimited) as exc:
             http.discover("u", b"x")
         assert (exc.value.retry_after, exc.value.quota) == (7.5, "eval")
         with pytest.raises(ApiError) as api:
             http.discover("u", b"x")
         assert api.value.status == 502
-    assert repr(http) == "<HttpServer http://cm.test token=set>"  # never the token itself
+    assert repr(http) == "<HttpClient http://cm.test token=set>"  # never the token itself
 
 
 def test_unreachable_server_is_store_unavailable() -> None:
@@ -580,7 +931,7 @@ def test_unreachable_server_is_store_unavailable() -> None:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     # Nothing listens on the port any more.
-    http = HttpServer(f"http://127.0.0.1:{port}", "t", timeout=2)
+    http = HttpClient(f"http://127.0.0.1:{port}", "t", timeout=2)
     with http, pytest.raises(StoreUnavailable):
         http.schemes()
 
@@ -604,7 +955,7 @@ def test_serve_command_wires_store_keys_and_tokens(
     add_serve_arguments(parser)
     args = parser.parse_args(
         ["--store", f"sqlite:///{tmp_path}/reg.db", "--key", str(key_path), "--region", "IR",
-         "--scheme", "oprf+bucket", "--port", "0",
+         "--scheme", "oprf+bucket", "--port", "8080",
          "--verify-number", "tests.test_http:sms_code_123456"]
     )  # fmt: skip
     served: list[Any] = []
@@ -614,7 +965,7 @@ def test_serve_command_wires_store_keys_and_tokens(
         assert options["host"] == "127.0.0.1"
         with ServerThread(app) as url:
             tokens = SignedTokens.from_server_key(key)
-            with HttpServer(url, tokens.issue("alice")) as alice:
+            with HttpClient(url, tokens.issue("alice")) as alice:
                 served.append(alice.schemes())
                 with pytest.raises(AuthenticationFailed):  # 403: no proof
                     alice.register("alice", "0912 345 6789")
@@ -638,31 +989,19 @@ def test_serve_command_wires_store_keys_and_tokens(
 
 
 def test_server_thread_reports_a_failed_start(serve: Serve) -> None:
-    s = serve()
+    s = serve(real=True)
     port = int(s.url.rsplit(":", 1)[1])
     app = create_app(s.service, authenticate=s.tokens)
     with pytest.raises(OSError, match="failed to start"):
         ServerThread(app, port=port).start()  # the port is taken
 
 
-def test_missing_extra_names_the_fix(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in list(sys.modules):
-        if name == "contactmatch.server" or name.startswith("contactmatch.server."):
-            monkeypatch.delitem(sys.modules, name)
-    for module in ("starlette", "httpx"):
-        monkeypatch.setitem(sys.modules, module, None)
-        with pytest.raises(MissingDependency) as exc:
-            importlib.import_module("contactmatch.server")
-        assert f"{module} is not installed" in str(exc.value)
-        assert "pip install 'contactmatch[server]'" in str(exc.value)
-        assert exc.value.extra == "server"
-        monkeypatch.delitem(sys.modules, module)
-
-
 def test_importing_contactmatch_loads_no_server_stack() -> None:
     code = (
         "import sys, contactmatch, contactmatch.service, contactmatch.server.serve\n"
-        "loaded = sorted(m for m in ('starlette', 'uvicorn', 'httpx') if m in sys.modules)\n"
+        "import contactmatch.backend\n"
+        "stack = ('starlette', 'uvicorn', 'httpx', 'pydantic')\n"
+        "loaded = sorted(m for m in stack if m in sys.modules)\n"
         "print(','.join(loaded))\n"
     )
     out = subprocess.run(
@@ -690,7 +1029,7 @@ def test_serve_command_defaults_to_voprf_schemes_for_a_voprf_key(
     seen: list[list[str]] = []
 
     def fake_run(app: Any, **options: Any) -> None:
-        with ServerThread(app) as url, HttpServer(url) as http:
+        with ServerThread(app) as url, HttpClient(url) as http:
             seen.append(http.schemes())
 
     import uvicorn
@@ -707,7 +1046,7 @@ def test_public_exports_are_pinned() -> None:
     assert server_pkg.__all__ == [
         "ApiError",
         "Authenticator",
-        "HttpServer",
+        "HttpClient",
         "ServerThread",
         "SignedTokens",
         "create_app",
@@ -724,8 +1063,6 @@ def test_background_refresh_picks_up_other_processes(tmp_path: Path) -> None:
     """Two servers on one store: the HTTP one sees the other's registrations via refresh."""
     import time as _time
 
-    from contactmatch.server import HttpServer, ServerThread, SignedTokens, create_app
-
     url = f"sqlite:///{tmp_path}/shared.db"
     key = ServerKey.generate(Mode.OPRF)
     data = DataKey.generate()
@@ -736,7 +1073,7 @@ def test_background_refresh_picks_up_other_processes(tmp_path: Path) -> None:
         app = create_app(served, authenticate=tokens.verify, refresh_every=0.05)
         writer.register("me", "+989120000001")
         with ServerThread(app, lifespan="on") as base:
-            http = HttpServer(base, tokens.issue("me"))
+            http = HttpClient(base, tokens.issue("me"))
             try:
                 writer.register("late", "+989120000002")
                 deadline = _time.monotonic() + 10

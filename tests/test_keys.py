@@ -1,4 +1,4 @@
-"""ServerKey, key files, key ids, KeyRing rotation and keygen_main."""
+"""ServerKey, key files, key ids and KeyRing rotation (``contactmatch keygen``: test_cli)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import pytest
 from contactmatch.errors import InvalidInput, InvalidKey, UnknownKeyId
 from contactmatch.hazmat import ristretto as r255
 from contactmatch.hazmat.oprf import Mode
-from contactmatch.keys import KEY_FILE_VERSION, KeyRing, ServerKey, key_id_for, keygen_main
+from contactmatch.keys import KEY_FILE_VERSION, KeyRing, ServerKey, key_id_for
 
 VECTORS = Path(__file__).resolve().parent / "vectors" / "rfc9497_ristretto255_sha512.json"
 
@@ -220,24 +220,6 @@ def test_keyring_previous_keys_are_served() -> None:
     assert ring.get(previous.key_id) is previous
 
 
-def test_keygen_main(tmp_path: Path) -> None:
-    path = tmp_path / "server.key"
-    key_id = keygen_main(str(path))
-    assert _mode_of(path) == 0o600
-    loaded = ServerKey.load(path)
-    assert loaded.key_id == key_id
-    assert loaded.mode is Mode.VOPRF
-    with pytest.raises(FileExistsError):
-        keygen_main(str(path))
-    assert ServerKey.load(path).key_id == key_id
-    new_id = keygen_main(str(path), force=True, mode="oprf")
-    assert new_id != key_id
-    assert ServerKey.load(path).mode is Mode.OPRF
-    with pytest.raises(InvalidInput):
-        keygen_main(str(tmp_path / "other.key"), mode="rsa")
-    assert not (tmp_path / "other.key").exists()
-
-
 def test_a_key_file_with_a_non_string_mode_is_invalid(tmp_path: Path) -> None:
     import json as _json
 
@@ -251,3 +233,61 @@ def test_a_key_file_with_a_non_string_mode_is_invalid(tmp_path: Path) -> None:
         fh.write(_json.dumps(doc))
     with pytest.raises(InvalidKey):
         ServerKey.load(path)
+
+
+# derive_secret replaced three hand-written HKDF derivations (schemes/factory.py's HMAC token
+# key, service.py's seen-set key, server/auth.py's HTTP token secret). These values were
+# computed by that 0.2 code for the key below; a change here invalidates every registered hmac
+# token, every stored seen-set entry and every issued HTTP token.
+_PINNED_KEY = ServerKey(bytes([7]) + bytes(31), Mode.OPRF)
+PINNED_SECRETS = {
+    "contactmatch/hmac-token/v1": (
+        "379888045197043ba66c0285df39019516a29c5d852bf34f26d93f3ee4a4cee0"
+    ),
+    "contactmatch/seen-set/v1": (
+        "63b035742c577e01e42c1c372b58ceccc24d7016714df5a6a9c30ed28bd748f9"
+    ),
+    "contactmatch/http-token/v1": (
+        "02e6adccd239e598c838ee8e898b0e59ae8bf484fb3e2b1621599bebe560e059"
+    ),
+}
+
+
+def _rfc5869(ikm: bytes, info: bytes) -> bytes:
+    """HKDF-SHA256 with no salt and 32 bytes out, written from RFC 5869 (not the library)."""
+    import hashlib
+    import hmac
+
+    prk = hmac.digest(bytes(32), ikm, hashlib.sha256)
+    return hmac.digest(prk, info + b"\x01", hashlib.sha256)
+
+
+@pytest.mark.parametrize("label", sorted(PINNED_SECRETS))
+def test_derive_secret_is_pinned(label: str) -> None:
+    secret = _PINNED_KEY.derive_secret(label)
+    assert secret.hex() == PINNED_SECRETS[label]
+    assert secret == _rfc5869(_PINNED_KEY.private_bytes(), label.encode())
+
+
+def test_every_derivation_goes_through_derive_secret() -> None:
+    from contactmatch.schemes.tokens import HMAC_KEY_LABEL, hmac_key_from
+    from contactmatch.server.auth import derive_token_secret
+    from contactmatch.service._core import SEEN_SET_LABEL
+
+    key = _PINNED_KEY
+    assert hmac_key_from(key).hex() == PINNED_SECRETS[HMAC_KEY_LABEL]
+    assert derive_token_secret(key).hex() == PINNED_SECRETS["contactmatch/http-token/v1"]
+    assert derive_token_secret(key, b"contactmatch/admin/v1") == key.derive_secret(
+        "contactmatch/admin/v1"
+    )
+    assert key.derive_secret(SEEN_SET_LABEL).hex() == PINNED_SECRETS[SEEN_SET_LABEL]
+
+
+def test_derive_secret_separates_labels_and_keys() -> None:
+    other = ServerKey.generate(Mode.OPRF)
+    secrets = {_PINNED_KEY.derive_secret(label) for label in PINNED_SECRETS}
+    assert len(secrets) == len(PINNED_SECRETS)
+    assert other.derive_secret("contactmatch/seen-set/v1") not in secrets
+    for bad in ("", b"contactmatch/seen-set/v1"):
+        with pytest.raises(InvalidInput):
+            _PINNED_KEY.derive_secret(bad)  # type: ignore[arg-type]

@@ -272,7 +272,7 @@ def test_snapshots_keep_nothing_of_a_deleted_user(tmp_path: Path) -> None:
     from the user's token or id in the snapshot directory."""
     from contactmatch._hashing import hash64
     from contactmatch.registry._derive import filter_salt
-    from contactmatch.schemes.table import fingerprint_of, seal_user_id
+    from contactmatch.schemes.sealed import fingerprint_of, seal_user_id
 
     snaps = tmp_path / "snaps"
     store = open_store(f"sqlite:///{tmp_path}/r.db")

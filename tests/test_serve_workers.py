@@ -36,9 +36,9 @@ from contactmatch.hazmat._pool import available_cores
 from contactmatch.keys import ServerKey
 from contactmatch.oprf import Mode
 from contactmatch.ratelimit import Quota, RateLimits
-from contactmatch.schemes.factory import OprfServerTokens
+from contactmatch.schemes.tokens import OprfServerTokens
 from contactmatch.schemes.wire import ServiceResponse, decode
-from contactmatch.server import HttpServer, SignedTokens
+from contactmatch.server import HttpClient, SignedTokens
 from contactmatch.server._codes import BINARY
 from contactmatch.server._workers import WorkerConfig
 from contactmatch.server.serve import limits_from_json, limits_to_json
@@ -307,7 +307,7 @@ def test_two_workers_share_registrations_filter_versions_and_quotas(
 
     # (a) A registration through one connection (one worker) ...
     t = FreshConnections(serve)
-    with HttpServer(serve.url, world.token("newcomer"), transport=t) as newcomer:
+    with HttpClient(serve.url, world.token("newcomer"), transport=t) as newcomer:
         assert newcomer.register("newcomer", NEWCOMER) == NEWCOMER
     time.sleep(3 * REFRESH)
     # ... is seen by discoveries through fresh connections, on whichever worker they land.
@@ -315,7 +315,7 @@ def test_two_workers_share_registrations_filter_versions_and_quotas(
     discovered_on: set[int] = set()
     for round_ in range(40):
         t = FreshConnections(serve)
-        with HttpServer(serve.url, world.token("me"), transport=t) as me:
+        with HttpClient(serve.url, world.token("me"), transport=t) as me:
             result = me.sync(book)
         assert result.matches == {NEWCOMER: "newcomer", ME: "me"}, f"round {round_}"
         assert all(status == 200 for _, status, _ in t.answered)
@@ -374,7 +374,7 @@ def test_sigterm_lets_an_in_flight_discovery_finish(
     world: World, start: Callable[..., Workers]
 ) -> None:
     serve = start("--limits", str(world.limits_file()))
-    with HttpServer(serve.url, world.token("me")) as me:
+    with HttpClient(serve.url, world.token("me")) as me:
         client = DiscoveryClient(me.info("oprf+bucket"))
     body = client.prepare([f"+98912{i:07d}" for i in range(5_000)])
     head = (

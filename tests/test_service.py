@@ -6,17 +6,19 @@ from pathlib import Path
 
 import pytest
 
-from contactmatch import (
+from contactmatch.atrest import DataKey
+from contactmatch.errors import (
     InvalidInput,
     InvalidKey,
     InvalidNumber,
     MalformedMessage,
+    ProtocolStateError,
     RateLimited,
     UnknownKeyId,
     UnknownScheme,
     UnknownUser,
 )
-from contactmatch.atrest import DataKey
+from contactmatch.filters import GolombFilter
 from contactmatch.keys import ServerKey
 from contactmatch.oprf import Mode
 from contactmatch.ratelimit import Quota, RateLimits
@@ -74,6 +76,22 @@ def test_sans_io_steps(server: DiscoveryServer) -> None:
     done = client.finalize(server.discover("u1", first.next_request))
     assert done.complete
     assert done.matches == {n(3): "u3"}
+    with pytest.raises(ProtocolStateError):  # the discovery is over: prepare() another
+        client.finalize(server.discover("u1", first.next_request))
+
+
+def test_filter_of_another_key_is_refused_once_for_both_clients(server: DiscoveryServer) -> None:
+    # The key-id check lives in schemes.client.filter_for; DiscoveryClient goes through it.
+    foreign = GolombFilter.build([b"x" * 64], key_id="another-key").to_bytes()
+    with pytest.raises(UnknownKeyId):
+        DiscoveryClient(server.info("oprf+filter"), filter_blob=foreign)
+    client = DiscoveryClient(
+        server.info("oprf+filter"), filter_blob=server.published_filter("oprf+filter")
+    )
+    held = client.filter_version
+    with pytest.raises(UnknownKeyId):
+        client.update_filter(foreign)
+    assert client.filter_version == held  # a refused filter is not installed
 
 
 def test_resync_uses_the_token_cache(server: DiscoveryServer) -> None:
@@ -237,3 +255,38 @@ def test_two_processes_converge_with_refresh(tmp_path: Path) -> None:
         assert b.refresh() == (1, 2)  # u5 re-indexed; u3 and u4 gone
         assert sync(b, "u1", [n(3), n(4), n(5), n(555)]).matches == {n(555): "u5"}
         assert b.refresh() == (0, 0)
+
+
+def test_discovery_counters_are_written_once_a_second_and_read_whole(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Discovery counters are batched per process (a store write less per request); a
+    reader through stats() still sees every count, including this process's pending ones."""
+    from contactmatch.service import _core
+    from contactmatch.stores.memory import MemoryStore
+
+    class Counting(MemoryStore):
+        writes = 0
+
+        def incr_stats(self, deltas: dict[str, int]) -> None:  # type: ignore[override]
+            Counting.writes += 1
+            super().incr_stats(deltas)
+
+    now = [1000.0]
+    monkeypatch.setattr(_core.time, "monotonic", lambda: now[0])
+    store = Counting()
+    srv = DiscoveryServer(store, OPRF_KEY, DATA_KEY, settings=ServiceSettings(region="IR"))
+    srv.register_many([(f"u{i}", n(i)) for i in range(20)])
+    base = Counting.writes
+    for _ in range(5):
+        sync(srv, "u1", [n(i) for i in range(40)])
+    assert Counting.writes == base  # nothing written within the second
+    assert store.get_stats().get("requests", 0) == 0
+    assert srv.stats()["requests"] >= 5  # stats() flushes first
+    assert Counting.writes == base + 1
+    sync(srv, "u1", [n(1)])
+    now[0] += _core.STATS_FLUSH_EVERY
+    sync(srv, "u1", [n(2)])  # the second is over: the next request's counters are written
+    assert Counting.writes == base + 2
+    total = srv.stats()["requests"]  # flushes what came after
+    assert store.get_stats()["requests"] == total

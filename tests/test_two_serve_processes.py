@@ -22,7 +22,7 @@ import pytest
 from contactmatch.atrest import DataKey
 from contactmatch.keys import ServerKey
 from contactmatch.oprf import Mode
-from contactmatch.server import HttpServer, SignedTokens
+from contactmatch.server import HttpClient, SignedTokens
 from contactmatch.service import DiscoveryServer
 from contactmatch.stores import open_store
 
@@ -124,7 +124,7 @@ def test_round_robin_client_never_misses_a_registered_contact(
     rr = RoundRobin([s.port for s in servers])
     book = [f"+98912{i:07d}" for i in range(40)]
     registered: dict[str, str] = {}
-    with HttpServer("http://127.0.0.1:1", SignedTokens.from_server_key(key).issue("me"),
+    with HttpClient("http://127.0.0.1:1", SignedTokens.from_server_key(key).issue("me"),
                     transport=rr) as me:  # fmt: skip
         for step in range(12):
             number = book[step * 3]

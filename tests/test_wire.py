@@ -146,6 +146,9 @@ def test_json_versions_beyond_a_byte() -> None:
 
     msg = ServiceResponse(inner=b"x", filter_version=70_000, fingerprints=[], sealed=[])
     assert decode_json(msg.to_json()) == msg
+    # A filter version is a content digest below 2**53, well past a u32 (registry.publisher).
+    digest = ServiceResponse(inner=b"x", filter_version=(1 << 53) - 1, fingerprints=[], sealed=[])
+    assert decode_json(digest.to_json()) == digest
     bad = json.loads(msg.to_json())
     bad["filter_version"] = 1 << 53
     with pytest.raises(MalformedMessage):

@@ -4,39 +4,35 @@ Contact discovery is a *token function* (plain, sha256, hmac, oprf, voprf) combi
 *membership method* (lookup, bucket, filter). A backend uses :class:`DiscoveryServer`; the
 app's side is :class:`DiscoveryClient`. See docs/api.md for a complete example.
 
+The top level holds the product only: the service, its keys, store and settings, phone
+books and numbers, scheme names, and the errors a backend catches. The parts stay in their
+modules: :mod:`contactmatch.errors` (every error), :mod:`contactmatch.filters`,
+:mod:`contactmatch.index`, :mod:`contactmatch.oprf`, :mod:`contactmatch.schemes`,
+:mod:`contactmatch.stores`, :mod:`contactmatch.ratelimit`.
+
 Importing this package loads no database driver and no web stack: store adapters and the
 HTTP server load on first use (``open_store(url)``, ``contactmatch.server``).
 """
 
 from contactmatch._version import __version__
 from contactmatch.atrest import DataKey
-from contactmatch.contacts import ContactBook, load_contacts
+from contactmatch.contacts import load_contacts
 from contactmatch.errors import (
     AuthenticationFailed,
-    Conflict,
     ContactMatchError,
-    InvalidContactCard,
     InvalidInput,
-    InvalidKey,
     InvalidNumber,
     MalformedMessage,
-    MissingDependency,
     RateLimited,
-    SchemaVersionError,
-    StoreError,
     StoreUnavailable,
     UnknownKeyId,
-    UnknownScheme,
     UnknownUser,
     VerificationFailed,
-    mask_number,
 )
-from contactmatch.filters import BloomFilter, GolombFilter, load_filter
-from contactmatch.index import TokenIndex
 from contactmatch.keys import KeyRing, ServerKey
-from contactmatch.oprf import Mode, OprfClient, OprfServer
-from contactmatch.phone import NormalizedBatch, normalize, normalize_many
-from contactmatch.ratelimit import Quota, RateLimits
+from contactmatch.oprf import Mode
+from contactmatch.phone import normalize, normalize_many
+from contactmatch.ratelimit import RateLimits
 from contactmatch.schemes import Scheme, get_scheme, scheme_names
 from contactmatch.service import (
     DiscoveryClient,
@@ -45,51 +41,33 @@ from contactmatch.service import (
     ServiceSettings,
 )
 from contactmatch.stores import open_store
-from contactmatch.stores.base import Discoverability, RegistryStore
+from contactmatch.stores.base import Discoverability
 
 __all__ = [
     "AuthenticationFailed",
-    "BloomFilter",
-    "Conflict",
-    "ContactBook",
     "ContactMatchError",
     "DataKey",
     "Discoverability",
     "DiscoveryClient",
     "DiscoveryResult",
     "DiscoveryServer",
-    "GolombFilter",
-    "InvalidContactCard",
     "InvalidInput",
-    "InvalidKey",
     "InvalidNumber",
     "KeyRing",
     "MalformedMessage",
-    "MissingDependency",
     "Mode",
-    "NormalizedBatch",
-    "OprfClient",
-    "OprfServer",
-    "Quota",
     "RateLimited",
     "RateLimits",
-    "RegistryStore",
-    "SchemaVersionError",
     "Scheme",
     "ServerKey",
     "ServiceSettings",
-    "StoreError",
     "StoreUnavailable",
-    "TokenIndex",
     "UnknownKeyId",
-    "UnknownScheme",
     "UnknownUser",
     "VerificationFailed",
     "__version__",
     "get_scheme",
     "load_contacts",
-    "load_filter",
-    "mask_number",
     "normalize",
     "normalize_many",
     "open_store",

@@ -13,8 +13,12 @@
     ├── UnknownKeyId (LookupError)          an evaluation names a key that is not (or no longer)
     │                                       served; clients refresh and retry
     ├── UnknownScheme (LookupError)         no scheme is registered under that name
+    ├── ProtocolStateError (RuntimeError)   a sans-I/O state machine was driven out of order
+    │                                       (a response before a request, a result too early)
     ├── RateLimited                         a quota is exhausted (has .retry_after seconds)
     ├── AuthenticationFailed                a bearer token did not map to a user
+    ├── ApiError                            an HTTP API error with no more specific class
+    │                                       (has .status and .code; the HTTP client raises it)
     ├── MissingDependency (ImportError)     an optional extra is not installed (names the fix)
     └── StoreError                          a storage adapter failed
         ├── StoreUnavailable                the backing server cannot be reached
@@ -36,6 +40,7 @@ from typing import Final
 from contactmatch._calling_codes import CALLING_CODES
 
 __all__ = [
+    "ApiError",
     "AuthenticationFailed",
     "Conflict",
     "ContactMatchError",
@@ -45,6 +50,7 @@ __all__ = [
     "InvalidNumber",
     "MalformedMessage",
     "MissingDependency",
+    "ProtocolStateError",
     "RateLimited",
     "SchemaVersionError",
     "StoreError",
@@ -172,6 +178,16 @@ class UnknownScheme(ContactMatchError, LookupError):
     """No scheme is registered under the requested name."""
 
 
+class ProtocolStateError(ContactMatchError, RuntimeError):
+    """A protocol object was used out of order: a programming error in the caller, not bad input.
+
+    Client state machines (:class:`~contactmatch.schemes.client.SchemeClient`,
+    :class:`~contactmatch.service.DiscoveryClient`) raise it when a response arrives that no
+    request asked for, or a result is read before the discovery is complete. It subclasses
+    ``RuntimeError``, which these cases raised before it existed.
+    """
+
+
 class RateLimited(ContactMatchError):
     """A quota is exhausted; retry after ``retry_after`` seconds."""
 
@@ -213,3 +229,18 @@ class UnknownUser(StoreError, LookupError):
 
 class Conflict(StoreError):
     """A concurrent change won, or a uniqueness constraint was violated."""
+
+
+class ApiError(ContactMatchError):
+    """An HTTP API error that no more specific class describes (``status`` and ``code``).
+
+    The app raises it for HTTP-only refusals (403 ``forbidden``, 413, 415) and the Python
+    client for codes it does not know (404 ``not_found``, 500 ``internal``, a proxy's 502),
+    so callers can catch one class for "the HTTP layer said no" and read the stable code.
+    It lives here, not in :mod:`contactmatch.server`, so it can be caught without the extra.
+    """
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        self.status = status
+        self.code = code
+        super().__init__(message)

@@ -24,13 +24,16 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, NoReturn
 
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
 from contactmatch._secretfile import read_secret_file, write_secret_file
 from contactmatch.errors import InvalidInput, InvalidKey, UnknownKeyId
 from contactmatch.hazmat import oprf as _oprf
 from contactmatch.hazmat import ristretto as _r255
 from contactmatch.hazmat.oprf import Mode
 
-__all__ = ["KEY_FILE_VERSION", "KeyRing", "ServerKey", "key_id_for", "keygen_main"]
+__all__ = ["KEY_FILE_VERSION", "KeyRing", "ServerKey", "key_id_for"]
 
 KEY_FILE_FORMAT = "contactmatch-oprf-key"
 KEY_FILE_VERSION = 1
@@ -108,6 +111,27 @@ class ServerKey:
     def private_bytes(self) -> bytes:
         """The serialized private scalar: hazardous, for :mod:`contactmatch.hazmat` callers."""
         return self._sk
+
+    def derive_secret(self, label: str) -> bytes:
+        """A 32-byte secret for one purpose, derived from this key (HKDF-SHA256).
+
+        One key file then serves every secret a server needs (HMAC tokens, seen-set
+        fingerprints, HTTP token signing) without any of them revealing the key or each
+        other: the label is HKDF's ``info``, so distinct labels give independent secrets.
+        The derivation is fixed (no salt, info = the label's UTF-8 bytes): changing it would
+        invalidate every token and fingerprint already derived, so tests pin its outputs.
+
+        Args:
+            label: the purpose, versioned, e.g. ``"contactmatch/seen-set/v1"``.
+
+        Raises:
+            InvalidInput: the label is empty or not a str.
+        """
+        if not isinstance(label, str) or not label:
+            raise InvalidInput("a derivation label must be a non-empty str")
+        return HKDF(
+            algorithm=hashes.SHA256(), length=32, salt=None, info=label.encode("utf-8")
+        ).derive(self._sk)
 
     def __repr__(self) -> str:
         return f"<ServerKey key_id={self._key_id} mode={self._mode.name}>"
@@ -293,28 +317,3 @@ class KeyRing:
 
     def __repr__(self) -> str:
         return f"<KeyRing mode={self.mode.name} current={self._current.key_id} served={len(self)}>"
-
-
-def keygen_main(path: str, *, force: bool = False, mode: Mode | str = Mode.VOPRF) -> str:
-    """Generate a server key and save it to ``path`` (0600); the body of ``contactmatch keygen``.
-
-    Args:
-        path: where to write the key file.
-        force: replace an existing file (atomically) instead of refusing.
-        mode: ``Mode`` or its name (``"oprf"``, ``"voprf"``, ``"poprf"``).
-
-    Returns:
-        The new key id (public; print it, never the key).
-
-    Raises:
-        FileExistsError: ``path`` exists and ``force`` is false.
-        InvalidInput: unknown mode name.
-    """
-    if isinstance(mode, str):
-        try:
-            mode = Mode[mode.upper()]
-        except KeyError:
-            raise InvalidInput("mode must be one of: oprf, voprf, poprf") from None
-    key = ServerKey.generate(mode)
-    key.save(path, overwrite=force)
-    return key.key_id

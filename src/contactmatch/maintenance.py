@@ -33,7 +33,7 @@ from __future__ import annotations
 import time
 
 from contactmatch.stores import open_store
-from contactmatch.stores.base import check_time
+from contactmatch.stores.records import check_time
 
 __all__ = ["DEFAULT_FEED_RETENTION", "DEFAULT_SEEN_TTL", "vacuum"]
 

@@ -30,9 +30,20 @@ from dataclasses import dataclass, field
 from typing import NoReturn
 
 from contactmatch.errors import InvalidInput, RateLimited
-from contactmatch.stores.base import QuotaStore, TakeResult
+from contactmatch.stores.records import TakeResult
+from contactmatch.stores.roles import QuotaStore
 
-__all__ = ["GLOBAL_SUBJECT", "Quota", "RateLimiter", "RateLimits"]
+__all__ = [
+    "GLOBAL_SUBJECT",
+    "Quota",
+    "RateLimiter",
+    "RateLimits",
+    "binding_quota",
+    "daily_bounds",
+    "quota_bound",
+    "scale_limits",
+    "scheme_quotas",
+]
 
 DAY = 86_400.0
 HOUR = 3_600.0
@@ -312,3 +323,103 @@ class RateLimiter:
     def expire(self) -> int:
         """Drop drained buckets and seen entries past :attr:`seen_ttl`; returns how many."""
         return self.store.expire_rate_state(self._clock(), self.seen_ttl)
+
+
+# -- what the quotas bound ------------------------------------------------------------------
+# The quota maths lives beside the quotas it reads, so the attack lab, the audit and the docs'
+# figures all derive their bounds from one place. Imports are local: the limiter, which every
+# server loads, needs neither the scheme registry nor dataclasses.replace.
+
+
+def scale_limits(limits: RateLimits, factor: float) -> RateLimits:
+    """The same quotas with every number-counting capacity and ``max_items`` times ``factor``.
+
+    Periods stay, so per-day shapes are preserved; the request, write and registration quotas
+    stay too, because they count requests, not numbers. Tests and quick audits use this to
+    sweep a plan scaled by the same factor in seconds rather than hours.
+
+    Raises:
+        InvalidInput: ``factor`` is not positive.
+    """
+    import dataclasses
+
+    if not factor > 0:
+        raise InvalidInput("a quota scale factor must be positive")
+
+    def s(q: Quota) -> Quota:
+        return Quota(name=q.name, capacity=q.capacity * factor, period=q.period)
+
+    return dataclasses.replace(
+        limits,
+        evaluations=s(limits.evaluations),
+        new_tokens=s(limits.new_tokens),
+        new_buckets=s(limits.new_buckets),
+        global_evaluations=s(limits.global_evaluations),
+        global_new_tokens=s(limits.global_new_tokens),
+        light_allowance=s(limits.light_allowance),
+        max_items=max(1, round(limits.max_items * factor)),
+    )
+
+
+def scheme_quotas(scheme: str, limits: RateLimits) -> tuple[list[Quota], list[Quota]]:
+    """Per-account quotas and global ceilings every swept number of ``scheme`` is charged.
+
+    Raises:
+        UnknownScheme: no scheme has this name.
+    """
+    from contactmatch.schemes.base import get_scheme
+
+    s = get_scheme(scheme)
+    own: list[Quota] = []
+    ceilings: list[Quota] = []
+    if s.interactive:  # one evaluation per candidate number, blinded or not
+        own.append(limits.evaluations)
+        ceilings.append(limits.global_evaluations)
+    if s.sends_every_token:  # and one never-seen token per candidate
+        own.append(limits.new_tokens)
+        ceilings.append(limits.global_new_tokens)
+    # Public tokens with a filter or buckets need no per-number server work at all: the
+    # scraper hashes the plan offline, so ``own`` stays empty and nothing bounds it.
+    return own, ceilings
+
+
+def quota_bound(scheme: str, limits: RateLimits, *, accounts: int, seconds: float) -> float:
+    """Most candidate numbers ``accounts`` accounts can test in ``seconds`` from full quotas.
+
+    ``min(accounts × min_q q.bound(seconds), min_g g.bound(seconds))`` over the per-account
+    quotas ``q`` and global ceilings ``g`` that charge each number of ``scheme``, where
+    ``Quota.bound(t) = capacity + capacity / period × t``. Each tested number reveals at most
+    one registered user, so this also bounds the users learned. Infinite for schemes a scraper
+    runs offline (public tokens with a filter or buckets).
+    """
+    own, ceilings = scheme_quotas(scheme, limits)
+    if not own:
+        return float("inf")
+    per_account = min(q.bound(seconds) for q in own)
+    return min([accounts * per_account, *(g.bound(seconds) for g in ceilings)])
+
+
+def daily_bounds(scheme: str, limits: RateLimits, *, accounts: int, days: int) -> list[float]:
+    """The allowance the quotas release on each day: ``C(d) − C(d−1)``, ``C`` = quota_bound.
+
+    Day 1 carries the full buckets (the first-sync burst); later days the refill rate. The
+    cumulative sum over days 1..d is ``C(d)``, a bound no scraper strategy can beat.
+    """
+    out: list[float] = []
+    prev = 0.0
+    for d in range(1, days + 1):
+        cum = quota_bound(scheme, limits, accounts=accounts, seconds=d * DAY)
+        out.append(cum - prev)
+        prev = cum
+    return out
+
+
+def binding_quota(scheme: str, limits: RateLimits, *, accounts: int, seconds: float) -> str:
+    """Which side of :func:`quota_bound` binds: ``"per-account quota"``, ``"global
+    ceiling"``, or ``"none (offline)"`` for schemes no quota charges."""
+    own, ceilings = scheme_quotas(scheme, limits)
+    if not own:
+        return "none (offline)"
+    per_account = accounts * min(q.bound(seconds) for q in own)
+    ceiling = min((g.bound(seconds) for g in ceilings), default=float("inf"))
+    return "global ceiling" if ceiling < per_account else "per-account quota"

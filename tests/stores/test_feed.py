@@ -20,7 +20,7 @@ import pytest
 
 from contactmatch.errors import Conflict, InvalidInput, UnknownUser
 from contactmatch.stores import BaseStore, Discoverability, FeedPage, KeyCensus, Rekey, open_store
-from contactmatch.stores.base import wrapped_key_id
+from contactmatch.stores.census import wrapped_key_id
 from tests.services import BACKENDS
 from tests.stores._helpers import subject, token, user, worker_churn, worker_register_forever
 
@@ -442,7 +442,7 @@ def test_kill_9_mid_write_leaves_every_change_in_the_feed(
 def test_postgres_numbers_entries_in_commit_order(store: BaseStore) -> None:
     import psycopg
 
-    from contactmatch.stores.postgres import ADVANCE_HEAD
+    from contactmatch.stores.postgres_schema import ADVANCE_HEAD
     from tests.services import PG_BASE
 
     store.put_users([user(1)])

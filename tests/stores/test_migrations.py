@@ -11,23 +11,27 @@ from __future__ import annotations
 
 import sqlite3
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from contactmatch.errors import StoreError
-from contactmatch.stores import FeedPage, KeyCensus, UserRecord, open_store
-from contactmatch.stores import postgres as pg_adapter
-from contactmatch.stores import sqlite as sqlite_adapter
-from tests.services import PG_BASE, REDIS_BASE, drop_pg_schema, drop_redis_prefix
+from contactmatch.stores import (
+    FeedPage,
+    KeyCensus,
+    UserRecord,
+    open_store,
+    postgres_schema,
+    sqlite_schema,
+)
+from tests.services import PG_BASE, REDIS_BASE, drop_redis_prefix
 from tests.stores._helpers import user
 
 
 def _sqlite_v1(path: Path, *, with_user: bool) -> None:
     conn = sqlite3.connect(path, isolation_level=None)
     conn.execute("PRAGMA journal_mode = WAL")
-    for stmt in sqlite_adapter._statements(sqlite_adapter.MIGRATIONS[0]):
+    for stmt in sqlite_schema.statements(sqlite_schema.MIGRATIONS[0]):
         conn.execute(stmt)
     conn.execute("PRAGMA user_version = 1")
     conn.execute("INSERT INTO buckets VALUES ('u0000001', 'lookup', 3.0, 1.0)")
@@ -60,7 +64,7 @@ def test_sqlite_empty_v1_migrates(tmp_path: Path) -> None:
     assert {"user_keys", "users", "buckets", "seen"} <= tables
     assert not tables & {"mlog", "filters", "users_ai", "users_au", "users_ad"}
     conn = sqlite3.connect(db)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == sqlite_adapter.SCHEMA_VERSION
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == sqlite_schema.SCHEMA_VERSION
     conn.close()
 
 
@@ -76,13 +80,6 @@ def test_sqlite_v1_with_users_is_refused_untouched(tmp_path: Path) -> None:
     conn.close()
 
 
-@pytest.fixture
-def pg_schema() -> Iterator[str]:
-    tag = "t" + uuid.uuid4().hex[:12]
-    yield tag
-    drop_pg_schema(tag)
-
-
 def _pg_v1(schema: str, *, with_user: bool) -> None:
     import psycopg
 
@@ -91,7 +88,7 @@ def _pg_v1(schema: str, *, with_user: bool) -> None:
         conn.execute(f'SET search_path = "{schema}"')
         conn.execute("CREATE TABLE cm_meta (key text PRIMARY KEY, value text)")
         conn.execute("INSERT INTO cm_meta VALUES ('schema_version', '1')")
-        conn.execute(pg_adapter.MIGRATIONS[0].encode())
+        conn.execute(postgres_schema.MIGRATIONS[0].encode())
         conn.execute("INSERT INTO buckets VALUES ('u0000001', 'lookup', 3, 1)")
         if with_user:
             conn.execute(
@@ -199,8 +196,8 @@ def test_sqlite_v2_with_users_migrates_and_keeps_them(tmp_path: Path) -> None:
     db = tmp_path / "v2.db"
     conn = sqlite3.connect(db, isolation_level=None)
     conn.execute("PRAGMA journal_mode = WAL")
-    for script in sqlite_adapter.MIGRATIONS[:2]:
-        for stmt in sqlite_adapter._statements(script):
+    for script in sqlite_schema.MIGRATIONS[:2]:
+        for stmt in sqlite_schema.statements(script):
             conn.execute(stmt)
     conn.execute("PRAGMA user_version = 2")
     for u in V2_USERS:
@@ -234,8 +231,8 @@ def test_postgres_v2_with_users_migrates_and_keeps_them(pg_schema: str) -> None:
         conn.execute(f'SET search_path = "{pg_schema}"')
         conn.execute("CREATE TABLE cm_meta (key text PRIMARY KEY, value text)")
         conn.execute("INSERT INTO cm_meta VALUES ('schema_version', '2')")
-        conn.execute(pg_adapter.MIGRATIONS[0].encode())
-        conn.execute(pg_adapter.MIGRATIONS[1].encode())
+        conn.execute(postgres_schema.MIGRATIONS[0].encode())
+        conn.execute(postgres_schema.MIGRATIONS[1].encode())
         for u in V2_USERS:
             conn.execute(
                 "INSERT INTO users (user_id, token, key_id, number_ct, disc, created_at, "

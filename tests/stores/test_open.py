@@ -6,6 +6,7 @@ import sqlite3
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -15,10 +16,10 @@ from contactmatch.errors import (
     SchemaVersionError,
     StoreUnavailable,
 )
-from contactmatch.stores import open_store
+from contactmatch.stores import ADAPTERS, open_store
 from contactmatch.stores.memory import MemoryStore
 from contactmatch.stores.sqlite import SQLiteStore, path_from_url
-from tests.services import PG_BASE, REDIS_BASE, drop_pg_schema, drop_redis_prefix
+from tests.services import PG_BASE, REDIS_BASE, drop_redis_prefix
 from tests.stores._helpers import user
 
 
@@ -55,6 +56,51 @@ def test_missing_extra_names_the_pip_command(
 def test_unknown_scheme() -> None:
     with pytest.raises(InvalidInput, match="unsupported store URL scheme 'mysql'"):
         open_store("mysql://localhost/x")
+
+
+class _Single:
+    """Stands in for the single-Redis adapter: records the URL it was opened with."""
+
+    def __init__(self, url: str, **options: object) -> None:
+        self.url = url
+
+
+class _Cluster(_Single):
+    """Stands in for the cluster adapter."""
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("redis://h:1/0?cluster=1&prefix=p", _Cluster),
+        ("redis://h:1/0?cluster=yes", _Cluster),
+        ("rediss://h:1/0?cluster=true", _Cluster),
+        ("redis+cluster://h:1/?prefix=p", _Cluster),
+        ("rediss+cluster://h:1/", _Cluster),
+        ("redis://h:1/0?cluster=0", _Single),
+        ("redis://h:1/0?prefix=p", _Single),
+    ],
+)
+def test_open_store_routes_cluster_urls(
+    monkeypatch: pytest.MonkeyPatch, url: str, expected: type[_Single]
+) -> None:
+    # open_store's table picks the adapter, ``?cluster=1`` included; no adapter class swaps
+    # itself for another in its constructor.
+    for key in ("redis", "rediss"):
+        monkeypatch.setitem(ADAPTERS, key, (f"{__name__}:_Single", None, None))
+    for key in ("redis+cluster", "rediss+cluster"):
+        monkeypatch.setitem(ADAPTERS, key, (f"{__name__}:_Cluster", None, None))
+    store: Any = open_store(url)
+    assert type(store) is expected
+    assert store.url == url
+
+
+def test_single_redis_class_refuses_a_cluster_url() -> None:
+    from contactmatch.stores.redis import RedisStore
+
+    # Refused before connecting: one node of a cluster is not a whole Redis.
+    with pytest.raises(InvalidInput, match="RedisClusterStore"):
+        RedisStore("redis://127.0.0.1:1/0?cluster=1")
 
 
 def test_memory_and_default_sqlite(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -128,49 +174,39 @@ def test_postgres_bad_schema_name() -> None:
 
 
 @pytest.mark.postgres
-def test_postgres_schema_option_and_versions() -> None:
+def test_postgres_schema_option_and_versions(pg_schema: str) -> None:
     import psycopg
 
-    schema = "t_open_versions"
-    drop_pg_schema(schema)
-    try:
-        with open_store(PG_BASE, schema=schema) as s:
-            s.put_users([user(1)])
-        with open_store(f"{PG_BASE}?schema={schema}") as s:  # migrations are idempotent
-            assert s.count_users() == 1
-        with psycopg.connect(PG_BASE, autocommit=True) as conn:
-            conn.execute(f"UPDATE {schema}.cm_meta SET value = '99'")
-        with pytest.raises(SchemaVersionError):
-            open_store(PG_BASE, schema=schema)
-    finally:
-        drop_pg_schema(schema)
+    with open_store(PG_BASE, schema=pg_schema) as s:
+        s.put_users([user(1)])
+    with open_store(f"{PG_BASE}?schema={pg_schema}") as s:  # migrations are idempotent
+        assert s.count_users() == 1
+    with psycopg.connect(PG_BASE, autocommit=True) as conn:
+        conn.execute(f"UPDATE {pg_schema}.cm_meta SET value = '99'")
+    with pytest.raises(SchemaVersionError):
+        open_store(PG_BASE, schema=pg_schema)
 
 
 @pytest.mark.postgres
-def test_postgres_conflict_does_not_chain_the_token() -> None:
+def test_postgres_conflict_does_not_chain_the_token(pg_schema: str) -> None:
     from contactmatch.errors import Conflict
 
-    schema = "t_open_conflict"
-    drop_pg_schema(schema)
-    try:
-        with open_store(PG_BASE, schema=schema) as s:
-            s.put_users([user(1)])
-            s.put_users([user(2)])
-            clash = user(1).__class__(
-                user_id="u0000002",
-                token=user(1).token,
-                key_id="k1",
-                number_ct=b"x",
-                wrapped_key=b"w",
-                created_at=1.0,
-                updated_at=1.0,
-            )
-            with pytest.raises(Conflict) as info:
-                s.put_users([clash])
-            text = str(info.value) + repr(info.value.__cause__) + repr(info.value.__context__)
-            assert user(1).token.hex() not in text
-    finally:
-        drop_pg_schema(schema)
+    with open_store(PG_BASE, schema=pg_schema) as s:
+        s.put_users([user(1)])
+        s.put_users([user(2)])
+        clash = user(1).__class__(
+            user_id="u0000002",
+            token=user(1).token,
+            key_id="k1",
+            number_ct=b"x",
+            wrapped_key=b"w",
+            created_at=1.0,
+            updated_at=1.0,
+        )
+        with pytest.raises(Conflict) as info:
+            s.put_users([clash])
+        text = str(info.value) + repr(info.value.__cause__) + repr(info.value.__context__)
+        assert user(1).token.hex() not in text
 
 
 @pytest.mark.redis

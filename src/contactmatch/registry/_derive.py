@@ -1,10 +1,10 @@
 """The values a registry row holds, derived in batches from ``(user id, token)`` pairs.
 
 Every value here is a function of the token (and, for the sealed id, the user id) that both
-sides already agree on: bucket keys and fingerprints are today's :mod:`~contactmatch.schemes.
-table` derivations, so clients built against :class:`~contactmatch.schemes.table.TokenTable`
-read a registry's answers unchanged. The SHA-256/SHAKE calls are one C call per token (no
-vectorised SHA in numpy); everything around them is whole-array work.
+sides already agree on: bucket keys, fingerprints and sealed ids are the derivations of
+:mod:`~contactmatch.schemes.sealed`, so clients open a registry's answers with the same code
+as any other. The SHA-256/SHAKE calls are one C call per token (no vectorised SHA in numpy);
+everything around them is whole-array work.
 """
 
 from __future__ import annotations
@@ -22,7 +22,10 @@ from contactmatch.errors import InvalidInput
 
 # The derivations are defined by the bucket method and its clients; share the constants
 # rather than copy them, so the two can never drift apart.
-from contactmatch.schemes.table import _BUCKET, _FP, _SEAL, _SEAL_CHECK
+from contactmatch.schemes.sealed import BUCKET_DOMAIN as _BUCKET
+from contactmatch.schemes.sealed import FINGERPRINT_DOMAIN as _FP
+from contactmatch.schemes.sealed import SEAL_CHECK_BYTES as _SEAL_CHECK
+from contactmatch.schemes.sealed import SEAL_DOMAIN as _SEAL
 
 __all__ = [
     "MAX_SEALED",
@@ -119,7 +122,7 @@ def token_keys(tokens: Sequence[bytes], salt: bytes) -> tuple[U64, U64, U32]:
 
 
 def seal_blob(tokens: Sequence[bytes], user_ids: Sequence[bytes]) -> tuple[U8, I64]:
-    """Every user id sealed to its token (as :func:`~contactmatch.schemes.table.seal_user_id`),
+    """Every user id sealed to its token (as :func:`~contactmatch.schemes.sealed.seal_user_id`),
     concatenated, with the ``len + 1`` offsets that split the blob.
 
     The XOR runs once over the whole blob instead of once per byte in Python.

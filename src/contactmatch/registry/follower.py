@@ -28,6 +28,7 @@ from contactmatch.errors import StoreError
 from contactmatch.registry.shared import TokenRegistry
 from contactmatch.registry.snapshot import SnapshotError, newest, persist, prune
 from contactmatch.registry.table import RegistryTable
+from contactmatch.schemes.base import TokenName
 from contactmatch.schemes.tokens import ServerTokens
 from contactmatch.stores.base import Discoverability, RegistryStore, UserRecord
 
@@ -61,8 +62,8 @@ class RegistryFollower:
         self,
         store: RegistryStore,
         *,
-        canonical: str,
-        token_fns: Mapping[str, ServerTokens],
+        canonical: TokenName,
+        token_fns: Mapping[TokenName, ServerTokens],
         key_id: str,
         numbers_of: NumbersOf,
         snapshot_dir: str | Path | None = None,
@@ -76,7 +77,7 @@ class RegistryFollower:
         self._lock = threading.RLock()
         #: The feed position every registry reflects.
         self.seq = 0
-        self.registries: dict[str, TokenRegistry] = {
+        self.registries: dict[TokenName, TokenRegistry] = {
             name: TokenRegistry(
                 RegistryTable.empty(key_id=fn.key_id),
                 confirm=self._confirm if name == canonical else None,
@@ -200,7 +201,7 @@ class RegistryFollower:
         rows, end = settled
         self._apply(rows, end, settle=True)
 
-    def tokens_of(self, name: str, recs: Sequence[UserRecord]) -> list[bytes]:
+    def tokens_of(self, name: TokenName, recs: Sequence[UserRecord]) -> list[bytes]:
         """Tokens of ``recs`` under token function ``name``: stored for the canonical one,
         computed from the decrypted numbers for the others."""
         if name == self.canonical:

@@ -13,6 +13,7 @@ import hmac
 import threading
 from collections.abc import Callable, Sequence
 
+from contactmatch.errors import InvalidInput
 from contactmatch.registry.publisher import FilterPublisher
 from contactmatch.registry.table import HashDelta, RegistryTable
 
@@ -124,7 +125,7 @@ class TokenRegistry:
         the rows live in shared mapped pages; published filters stay valid."""
         with self._lock:
             if len(table) != len(self.table):
-                raise ValueError("a rebase must keep the same rows")
+                raise InvalidInput("a rebase must keep the same rows")
             self.table = table
             for pub in self._publishers.values():
                 pub.rebase(table)

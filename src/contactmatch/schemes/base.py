@@ -1,37 +1,101 @@
-"""Scheme = token function × membership method, found by name through a registry."""
+"""The registry of scheme names: token function × membership method, found by name.
+
+This is the one module that knows what each name means. Everything else asks a
+:class:`Scheme` (``scheme.interactive``, ``scheme.publishes_filter``, ...) or the objects
+the names stand for (:mod:`contactmatch.schemes.tokens`, :mod:`contactmatch.schemes.methods`)
+instead of comparing strings, so a new token function or method is added here, once.
+"""
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final, Literal, get_args
 
 from contactmatch._json import load_json
 from contactmatch.errors import MalformedMessage, UnknownScheme
-from contactmatch.schemes.leakage import Leakage, compose
-from contactmatch.schemes.tokens import TOKEN_TRAITS
+from contactmatch.schemes.leakage import Leakage, MethodTraits, TokenTraits, compose
 
 __all__ = [
     "METHODS",
+    "METHOD_TRAITS",
     "TOKEN_FUNCTIONS",
+    "TOKEN_TRAITS",
     "MatchResult",
+    "MethodName",
     "Scheme",
     "ServerInfo",
+    "TokenName",
     "get_scheme",
     "leakage_table",
     "scheme_names",
 ]
 
-TOKEN_FUNCTIONS = ("plain", "sha256", "hmac", "oprf", "voprf")
-METHODS = ("lookup", "bucket", "filter")
+#: Names of the token functions, weakest first.
+TokenName = Literal["plain", "sha256", "hmac", "oprf", "voprf"]
+#: Names of the membership methods.
+MethodName = Literal["lookup", "bucket", "filter"]
+
+TOKEN_FUNCTIONS: Final[tuple[TokenName, ...]] = get_args(TokenName)
+METHODS: Final[tuple[MethodName, ...]] = get_args(MethodName)
+
+#: What each token function reveals (see :mod:`contactmatch.schemes.leakage`).
+TOKEN_TRAITS: Final[dict[TokenName, TokenTraits]] = {
+    "plain": TokenTraits(
+        public=True,
+        server_sees_inputs=False,
+        keyed=False,
+        clear=True,
+        thief_reverses="every registered number, in the clear",
+    ),
+    "sha256": TokenTraits(
+        public=True,
+        server_sees_inputs=False,
+        keyed=False,
+        thief_reverses=(
+            "every registered number: an unsalted hash of a ~10^9-number plan is reversed by "
+            "brute force in minutes (see `contactmatch audit`)"
+        ),
+    ),
+    "hmac": TokenTraits(
+        public=False,
+        server_sees_inputs=True,
+        keyed=True,
+        thief_reverses="nothing without the HMAC key file; everything with it",
+    ),
+    "oprf": TokenTraits(
+        public=False,
+        server_sees_inputs=False,
+        keyed=True,
+        thief_reverses="nothing without the OPRF key file; everything with it",
+    ),
+    "voprf": TokenTraits(
+        public=False,
+        server_sees_inputs=False,
+        keyed=True,
+        verifiable=True,
+        thief_reverses="nothing without the OPRF key file; everything with it",
+    ),
+}
+
+#: What each membership method sends (see :mod:`contactmatch.schemes.leakage`).
+METHOD_TRAITS: Final[dict[MethodName, MethodTraits]] = {
+    "lookup": MethodTraits(sends_every_token=True),
+    "bucket": MethodTraits(sends_prefixes=True),
+    "filter": MethodTraits(publishes_filter=True),
+}
 
 
 @dataclass(frozen=True, slots=True)
 class Scheme:
-    """One (token function, membership method) pair, e.g. ``oprf+filter``."""
+    """One (token function, membership method) pair, e.g. ``oprf+filter``.
 
-    token: str
-    method: str
+    Get one with :func:`get_scheme`; its properties answer what callers would otherwise
+    decide by comparing names.
+    """
+
+    token: TokenName
+    method: MethodName
 
     @property
     def name(self) -> str:
@@ -40,12 +104,39 @@ class Scheme:
     @property
     def leakage(self) -> Leakage:
         """What the server, the client and a database thief learn; what enumeration costs."""
-        return compose(TOKEN_TRAITS[self.token], self.method)
+        return compose(TOKEN_TRAITS[self.token], METHOD_TRAITS[self.method])
 
     @property
     def interactive(self) -> bool:
         """Whether tokens need a server round (keyed token functions)."""
         return TOKEN_TRAITS[self.token].keyed
+
+    @property
+    def oblivious(self) -> bool:
+        """Whether the server keys tokens without seeing the numbers (OPRF, VOPRF): the
+        only token functions whose tokens a client may hand the server (contact uploads)."""
+        traits = TOKEN_TRAITS[self.token]
+        return traits.keyed and not traits.server_sees_inputs
+
+    @property
+    def verifiable(self) -> bool:
+        """Whether clients can check that everyone is served under one key (VOPRF)."""
+        return TOKEN_TRAITS[self.token].verifiable
+
+    @property
+    def sends_every_token(self) -> bool:
+        """Whether clients send a token per contact and the server matches (``lookup``)."""
+        return METHOD_TRAITS[self.method].sends_every_token
+
+    @property
+    def publishes_filter(self) -> bool:
+        """Whether clients download a filter and ask only about its hits (``filter``)."""
+        return METHOD_TRAITS[self.method].publishes_filter
+
+    @property
+    def uses_buckets(self) -> bool:
+        """Whether clients send k-bit prefixes and match whole buckets (``bucket``)."""
+        return METHOD_TRAITS[self.method].sends_prefixes
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -111,7 +202,9 @@ class MatchResult:
         )
 
 
-_REGISTRY: dict[str, Scheme] = {f"{t}+{m}": Scheme(t, m) for t in TOKEN_FUNCTIONS for m in METHODS}
+_REGISTRY: Final[dict[str, Scheme]] = {
+    f"{t}+{m}": Scheme(t, m) for t in TOKEN_FUNCTIONS for m in METHODS
+}
 
 
 def scheme_names() -> list[str]:

@@ -12,10 +12,15 @@ import hmac
 from collections.abc import Sequence
 from enum import Enum
 
-from contactmatch.errors import MalformedMessage, UnknownKeyId, VerificationFailed
-from contactmatch.filters import BloomFilter, GolombFilter, load_filter
+from contactmatch.errors import (
+    MalformedMessage,
+    ProtocolStateError,
+    UnknownKeyId,
+    VerificationFailed,
+)
+from contactmatch.filters import Filter, load_filter
 from contactmatch.schemes.base import MatchResult, Scheme, ServerInfo, get_scheme
-from contactmatch.schemes.table import bucket_of, fingerprint_of, open_sealed
+from contactmatch.schemes.sealed import bucket_of, open_entries
 from contactmatch.schemes.tokens import ClientTokens
 from contactmatch.schemes.wire import (
     BucketRequest,
@@ -26,7 +31,23 @@ from contactmatch.schemes.wire import (
     decode,
 )
 
-__all__ = ["SchemeClient"]
+__all__ = ["SchemeClient", "filter_for"]
+
+
+def filter_for(info: ServerInfo, data: bytes | Filter) -> Filter:
+    """The published filter (decoded if need be), checked to be built under ``info``'s key.
+
+    Every client installs a whole filter through here, so a filter of a rotated key is
+    refused in one place rather than matched against tokens it cannot contain.
+
+    Raises:
+        MalformedMessage: ``data`` is not a filter.
+        UnknownKeyId: the filter was built under another key; download it again.
+    """
+    flt = load_filter(data) if isinstance(data, bytes | bytearray | memoryview) else data
+    if not hmac.compare_digest(flt.key_id.encode(), info.key_id.encode()):
+        raise UnknownKeyId("the filter was built under another key; download it again")
+    return flt
 
 
 class _State(Enum):
@@ -54,7 +75,7 @@ class SchemeClient:
         info: ServerInfo,
         tokens: ClientTokens,
         *,
-        filter_blob: bytes | GolombFilter | BloomFilter | None = None,
+        filter_blob: bytes | Filter | None = None,
         cache: dict[tuple[str, str], bytes] | None = None,
     ) -> None:
         self.scheme = get_scheme(scheme) if isinstance(scheme, str) else scheme
@@ -63,15 +84,11 @@ class SchemeClient:
         self.info = info
         self.token_fn = tokens
         self.cache = cache if cache is not None else {}
-        self._filter: GolombFilter | BloomFilter | None = None
-        if self.scheme.method == "filter":
+        self._filter: Filter | None = None
+        if self.scheme.publishes_filter:
             if filter_blob is None:
                 raise MalformedMessage("a filter scheme needs the published filter")
-            self._filter = (
-                load_filter(filter_blob) if isinstance(filter_blob, bytes) else filter_blob
-            )
-            if not hmac.compare_digest(self._filter.key_id.encode(), info.key_id.encode()):
-                raise UnknownKeyId("the filter was built under another key; download it again")
+            self._filter = filter_for(info, filter_blob)
         self._state = _State.NEW
         self._numbers: list[str] = []
         self._tokens: dict[str, bytes] = {}
@@ -83,9 +100,13 @@ class SchemeClient:
 
     # -- protocol ---------------------------------------------------------------------------
     def start(self, numbers: Sequence[str]) -> bytes | None:
-        """Begin a discovery of ``numbers`` (normalised E.164); returns the first request."""
+        """Begin a discovery of ``numbers`` (normalised E.164); returns the first request.
+
+        Raises:
+            ProtocolStateError: this client already ran a discovery (make a new one).
+        """
         if self._state is not _State.NEW:
-            raise RuntimeError("a SchemeClient runs one discovery; make a new one")
+            raise ProtocolStateError("a SchemeClient runs one discovery; make a new one")
         self._numbers = list(dict.fromkeys(numbers))
         key_id = self.info.key_id
         if self.scheme.interactive:
@@ -104,10 +125,16 @@ class SchemeClient:
         return self._match_request()
 
     def receive(self, response: bytes) -> bytes | None:
-        """Consume a response; returns the next request, or None when done."""
+        """Consume a response; returns the next request, or None when done.
+
+        Raises:
+            ProtocolStateError: no response is expected (before :meth:`start`, or done).
+            MalformedMessage: the response does not decode or does not fit the request.
+            UnknownKeyId, VerificationFailed: the evaluation is under another key, or its
+                elements or proof do not verify.
+        """
         if self._state is _State.EVAL:
             msg = decode(response, EvalResponse)
-            assert isinstance(msg, EvalResponse)
             key_id, toks = self.token_fn.finish(self._eval_state, msg)
             if len(toks) != len(self._pending):
                 raise VerificationFailed()
@@ -116,13 +143,13 @@ class SchemeClient:
                 self.cache[(key_id, n)] = t
             return self._match_request()
         if self._state is _State.MATCH:
-            if self.scheme.method == "bucket":
+            if self.scheme.uses_buckets:
                 self._finish_bucket(response)
             else:
                 self._finish_lookup(response)
             self._state = _State.DONE
             return None
-        raise RuntimeError(f"no response expected in state {self._state.value!r}")
+        raise ProtocolStateError(f"no response expected in state {self._state.value!r}")
 
     @property
     def tokens(self) -> dict[str, bytes]:
@@ -136,7 +163,7 @@ class SchemeClient:
     @property
     def result(self) -> MatchResult:
         if self._state is not _State.DONE:
-            raise RuntimeError("the discovery is not complete")
+            raise ProtocolStateError("the discovery is not complete")
         return MatchResult(
             matches=dict(self._matches),
             unregistered=[n for n in self._numbers if n not in self._matches],
@@ -145,9 +172,8 @@ class SchemeClient:
 
     # -- membership methods -----------------------------------------------------------------
     def _match_request(self) -> bytes | None:
-        method = self.scheme.method
         key_id = self.info.key_id
-        if method == "bucket":
+        if self.scheme.uses_buckets:
             self._asked = list(self._numbers)
             prefixes = sorted({bucket_of(self._tokens[n], self.info.bits) for n in self._asked})
             self._state = _State.MATCH
@@ -155,8 +181,7 @@ class SchemeClient:
             return BucketRequest(
                 scheme=self.scheme.name, key_id=key_id, bits=self.info.bits, prefixes=prefixes
             ).encode()
-        if method == "filter":
-            assert self._filter is not None
+        if self._filter is not None:  # set exactly when the scheme publishes a filter
             toks = [self._tokens[n] for n in self._numbers]
             hits = self._filter.contains_many(toks)
             self._asked = [n for n, h in zip(self._numbers, hits, strict=True) if h]
@@ -175,7 +200,6 @@ class SchemeClient:
 
     def _finish_lookup(self, response: bytes) -> None:
         msg = decode(response, LookupResponse)
-        assert isinstance(msg, LookupResponse)
         if any(p >= len(self._asked) for p in msg.positions):
             raise MalformedMessage("lookup answer names a position that was not asked")
         for p, uid in zip(msg.positions, msg.user_ids, strict=True):
@@ -186,24 +210,9 @@ class SchemeClient:
 
     def _finish_bucket(self, response: bytes) -> None:
         msg = decode(response, BucketResponse)
-        assert isinstance(msg, BucketResponse)
         if msg.bits != self.info.bits:
             raise MalformedMessage("bucket answer uses other bits than asked")
-        # Index only the entries whose fingerprint is one of ours: a 1,000-contact book
-        # receives tens of thousands of strangers' entries, which are skipped unparsed.
-        wanted: dict[tuple[int, bytes], list[str]] = {}
-        for n in self._asked:
-            tok = self._tokens[n]
-            wanted.setdefault((bucket_of(tok, msg.bits), fingerprint_of(tok)), []).append(n)
-        i = 0
-        fps, sealed = msg.fingerprints, msg.sealed
-        for prefix, count in zip(msg.prefixes, msg.counts, strict=True):
-            for j in range(i, i + count):
-                owners = wanted.get((prefix, fps[j]))
-                if owners is None:
-                    continue
-                for n in owners:
-                    uid = open_sealed(self._tokens[n], sealed[j])
-                    if uid is not None:  # the seal check confirms the full token
-                        self._matches[n] = uid
-            i += count
+        # Only entries whose fingerprint is one of ours are opened (open_entries).
+        self._matches.update(
+            open_entries({n: self._tokens[n] for n in self._asked}, msg.fingerprints, msg.sealed)
+        )

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["Leakage", "TokenTraits", "compose"]
+__all__ = ["Leakage", "MethodTraits", "TokenTraits", "compose"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -31,6 +31,18 @@ class TokenTraits:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class MethodTraits:
+    """What a membership method sends, which decides what it leaks (one flag is set)."""
+
+    #: The client sends a token for every contact (lookup): the server sees the whole book.
+    sends_every_token: bool = False
+    #: The client sends a k-bit prefix per contact and matches whole buckets (bucket).
+    sends_prefixes: bool = False
+    #: The server publishes a filter; the client asks only about its hits (filter).
+    publishes_filter: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Leakage:
     """Plain-language statement of a scheme's leakage (used in docs/schemes.md and audits)."""
 
@@ -40,19 +52,19 @@ class Leakage:
     enumeration_cost: str
 
 
-def compose(token: TokenTraits, method: str) -> Leakage:
+def compose(token: TokenTraits, method: MethodTraits) -> Leakage:
     """Leakage of ``token`` combined with membership ``method`` (lookup, bucket, filter)."""
     if token.server_sees_inputs:
         server = "every contact number in the clear (it computes the keyed hash itself)"
     elif token.public:
-        if method == "lookup" and token.clear:
+        if method.sends_every_token and token.clear:
             server = "every contact number in the clear"
-        elif method == "lookup":
+        elif method.sends_every_token:
             server = (
                 "every contact's token; the tokens are unkeyed, so the server recovers every "
                 "number of the phone book by hashing the numbering plan"
             )
-        elif method == "bucket":
+        elif method.sends_prefixes:
             server = (
                 "a k-bit prefix per contact; against the numbering plan that narrows each "
                 "contact to 1 in 2^k candidates (the k-anonymity set)"
@@ -61,22 +73,22 @@ def compose(token: TokenTraits, method: str) -> Leakage:
             server = "only the contacts that are registered (the filter hits it is asked about)"
     else:
         base = "how many new numbers the client evaluates (blinded: not which)"
-        if method == "lookup":
+        if method.sends_every_token:
             server = (
                 base + "; then every contact's OPRF token, so which registered users are "
                 "in the book, and by evaluating the numbering plan under its own key, "
                 "in principle the unregistered contacts too"
             )
-        elif method == "bucket":
+        elif method.sends_prefixes:
             server = base + "; a k-bit prefix of each contact's token"
         else:
             server = base + "; which registered users are in the book (the hits it is asked about)"
     if token.verifiable:
         server += "; it cannot single a client out with a key of its own (VOPRF proof)"
 
-    if method == "lookup":
+    if method.sends_every_token:
         client = "which of its contacts are registered, with their user ids; nothing else"
-    elif method == "bucket":
+    elif method.sends_prefixes:
         client = (
             "its contacts' matches, plus the fingerprints of every registered user sharing a "
             "bucket with a contact"
@@ -101,7 +113,7 @@ def compose(token: TokenTraits, method: str) -> Leakage:
             "one rate-limited server evaluation per candidate number; quotas bound the "
             "fraction of the registry a scraper can sweep per day"
         )
-    elif method == "lookup":
+    elif method.sends_every_token:
         cost = "one server lookup per candidate; rate limits are the only barrier"
     else:
         cost = (

@@ -14,7 +14,7 @@ from __future__ import annotations
 import hmac
 from collections.abc import Sequence
 
-from contactmatch.errors import MalformedMessage, UnknownKeyId
+from contactmatch.errors import InvalidInput, MalformedMessage, UnknownKeyId
 from contactmatch.registry.shared import TokenRegistry
 from contactmatch.registry.table import RegistryTable
 from contactmatch.schemes.base import Scheme, ServerInfo, get_scheme
@@ -35,6 +35,10 @@ class SchemeServer:
             use it; a new, standalone one (confirming in memory) when omitted.
         anonymity: target number of registered users per bucket (``bucket`` method).
         filter_fpr: false-positive rate of the published filter (``filter`` method).
+
+    Raises:
+        UnknownScheme: no scheme has that name.
+        InvalidInput: ``tokens`` is another token function than the scheme's.
     """
 
     def __init__(
@@ -48,7 +52,7 @@ class SchemeServer:
     ) -> None:
         self.scheme = get_scheme(scheme) if isinstance(scheme, str) else scheme
         if tokens.name != self.scheme.token:
-            raise ValueError(f"{self.scheme.name} needs {self.scheme.token} tokens")
+            raise InvalidInput(f"{self.scheme.name} needs {self.scheme.token} tokens")
         self.token_fn = tokens
         self.method: MembershipMethod = method_for(self.scheme.method)
         if registry is None:  # (not ``or``: an empty registry is falsy)

@@ -1,24 +1,30 @@
-"""The server's table of registered tokens, and the bucket/seal derivations both sides share.
+"""The in-memory table of registered tokens: the plain reference the registry is tested against.
 
-Bucket prefixes and fingerprints are taken from a domain-separated SHA-256 of the token rather
-than from the token itself, so every token function (including ``plain``, whose tokens are
-ASCII digits) spreads uniformly over the buckets. User ids in bucket answers are *sealed* to
-their token: only a client that already holds the token can read the id, so a bucket answer
-does not hand out the ids of strangers who share the bucket.
+:class:`TokenTable` keeps one Python object per user, so servers use the compact
+:class:`~contactmatch.registry.table.RegistryTable` instead; this one stays as the simple,
+obviously-correct reference (tests and ``bench_registry`` compare the two). The bucket and
+seal derivations it uses live in :mod:`contactmatch.schemes.sealed` and are re-exported here
+for the 0.2 import path.
 """
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import threading
 from collections.abc import Sequence
-from math import floor, log2
 
 import numpy as np
 
 from contactmatch.errors import MalformedMessage
 from contactmatch.index import TokenIndex
+from contactmatch.schemes.sealed import (
+    bits_for,
+    bucket32,
+    bucket_of,
+    fingerprint_of,
+    open_sealed,
+    seal_user_id,
+)
 
 __all__ = [
     "TokenTable",
@@ -28,64 +34,6 @@ __all__ = [
     "open_sealed",
     "seal_user_id",
 ]
-
-_BUCKET = b"contactmatch/bucket/v1"
-_FP = b"contactmatch/bucket-fp/v1"
-_SEAL = b"contactmatch/bucket-seal/v1"
-_SEAL_CHECK = 8
-
-
-def bits_for(registry_size: int, anonymity: int) -> int:
-    """Prefix bits k so that a bucket holds about ``anonymity`` registered users on average.
-
-    k = floor(log2(N / anonymity)), clamped to 0..32: a smaller k gives larger buckets (more
-    anonymity, more bytes down); the server republishes k as the registry grows.
-    """
-    if anonymity < 1:
-        raise ValueError("anonymity must be >= 1")
-    if registry_size <= anonymity:
-        return 0
-    return max(0, min(32, floor(log2(registry_size / anonymity))))
-
-
-def _bucket32(token: bytes) -> int:
-    return int.from_bytes(hashlib.sha256(_BUCKET + token).digest()[:4], "big")
-
-
-def bucket_of(token: bytes, bits: int) -> int:
-    """The ``bits``-bit bucket prefix of a token."""
-    return _bucket32(token) >> (32 - bits) if bits else 0
-
-
-def fingerprint_of(token: bytes) -> bytes:
-    """The 8-byte fingerprint a bucket answer lists for a token."""
-    return hashlib.sha256(_FP + token).digest()[:8]
-
-
-def _keystream(token: bytes, n: int) -> bytes:
-    return hashlib.shake_256(_SEAL + token).digest(n)
-
-
-def seal_user_id(token: bytes, user_id: str) -> bytes:
-    """Encrypt a user id to the token: XOR with a token-derived stream, plus a check value."""
-    raw = user_id.encode("utf-8")
-    stream = _keystream(token, len(raw) + _SEAL_CHECK)
-    body = bytes(a ^ b for a, b in zip(raw, stream[_SEAL_CHECK:], strict=False))
-    return stream[:_SEAL_CHECK] + body
-
-
-def open_sealed(token: bytes, sealed: bytes) -> str | None:
-    """The user id sealed to ``token``, or None if it was sealed to another token."""
-    if len(sealed) <= _SEAL_CHECK:
-        return None
-    stream = _keystream(token, len(sealed))
-    if not hmac.compare_digest(stream[:_SEAL_CHECK], sealed[:_SEAL_CHECK]):
-        return None
-    raw = bytes(a ^ b for a, b in zip(sealed[_SEAL_CHECK:], stream[_SEAL_CHECK:], strict=False))
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError:
-        return None
 
 
 class TokenTable:
@@ -158,7 +106,7 @@ class TokenTable:
                 grown = np.zeros(max(len(self._tokens), 2 * len(self._bucket_keys)), np.uint32)
                 grown[: len(self._bucket_keys)] = self._bucket_keys
                 self._bucket_keys = grown
-            self._bucket_keys[rows] = [_bucket32(t) for t in tokens]
+            self._bucket_keys[rows] = [bucket32(t) for t in tokens]
             self._index.add_many(list(tokens), np.asarray(rows, dtype=np.uint32))
             self._buckets = None
             new = set(tokens)

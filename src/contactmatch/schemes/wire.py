@@ -12,13 +12,15 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
-from typing import Any, ClassVar, Self
+from typing import Any, ClassVar, Self, TypeVar, overload
 
 from contactmatch._json import load_json
 from contactmatch.errors import MalformedMessage
+from contactmatch.schemes._codec import MAX_ITEMS, MAX_STR
+from contactmatch.schemes._codec import Reader as _Reader
+from contactmatch.schemes._codec import Writer as _Writer
 
 __all__ = [
     "MAX_ITEMS",
@@ -39,120 +41,7 @@ __all__ = [
 
 MAGIC = b"CMW"
 WIRE_VERSION = 2  # 2: ServiceResponse.filter_version is a u64 content digest
-#: A phone book is thousands of numbers; a registry import goes through the store, not here.
-MAX_ITEMS = 1 << 20
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
-MAX_STR = 255
-
-
-class _Reader:
-    __slots__ = ("buf", "pos")
-
-    def __init__(self, buf: bytes) -> None:
-        self.buf = memoryview(buf)
-        self.pos = 0
-
-    def take(self, n: int) -> bytes:
-        if n < 0 or self.pos + n > len(self.buf):
-            raise MalformedMessage("message is truncated")
-        out = bytes(self.buf[self.pos : self.pos + n])
-        self.pos += n
-        return out
-
-    def u8(self) -> int:
-        return self.take(1)[0]
-
-    def u16(self) -> int:
-        return int.from_bytes(self.take(2), "big")
-
-    def u32(self) -> int:
-        return int.from_bytes(self.take(4), "big")
-
-    def u64(self) -> int:
-        return int.from_bytes(self.take(8), "big")
-
-    def text(self) -> str:
-        raw = self.take(self.u8())
-        try:
-            return raw.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise MalformedMessage("a text field is not UTF-8") from exc
-
-    def blob(self) -> bytes:
-        return self.take(self.u16())
-
-    def items(self) -> list[bytes]:
-        count, width = self.u32(), self.u16()
-        if count > MAX_ITEMS:
-            raise MalformedMessage(f"list has more than {MAX_ITEMS} items")
-        if width:
-            if count * width > len(self.buf) - self.pos:
-                raise MalformedMessage("message is truncated")
-            data = self.take(count * width)
-            return [data[i : i + width] for i in range(0, count * width, width)]
-        # Variable width: each item is u16-length-prefixed; at least 2 bytes each must remain.
-        if count * 2 > len(self.buf) - self.pos:
-            raise MalformedMessage("message is truncated")
-        return [self.take(self.u16()) for _ in range(count)]
-
-    def ints(self) -> list[int]:
-        return [int.from_bytes(b, "big") for b in self.items()]
-
-    def done(self) -> None:
-        if self.pos != len(self.buf):
-            raise MalformedMessage("trailing bytes after message")
-
-
-class _Writer:
-    __slots__ = ("parts",)
-
-    def __init__(self) -> None:
-        self.parts: list[bytes] = []
-
-    def u8(self, v: int) -> None:
-        self.parts.append(struct.pack(">B", v))
-
-    def u16(self, v: int) -> None:
-        self.parts.append(struct.pack(">H", v))
-
-    def u32(self, v: int) -> None:
-        self.parts.append(struct.pack(">I", v))
-
-    def u64(self, v: int) -> None:
-        self.parts.append(struct.pack(">Q", v))
-
-    def text(self, s: str) -> None:
-        raw = s.encode("utf-8")
-        if len(raw) > MAX_STR:
-            raise MalformedMessage(f"a text field is longer than {MAX_STR} bytes")
-        self.u8(len(raw))
-        self.parts.append(raw)
-
-    def blob(self, b: bytes) -> None:
-        if len(b) > 0xFFFF:
-            raise MalformedMessage("a field is longer than 65535 bytes")
-        self.u16(len(b))
-        self.parts.append(b)
-
-    def items(self, items: Sequence[bytes]) -> None:
-        if len(items) > MAX_ITEMS:
-            raise MalformedMessage(f"list has more than {MAX_ITEMS} items")
-        widths = {len(b) for b in items}
-        self.u32(len(items))
-        if len(widths) == 1 and 0 < (w := widths.pop()) <= 0xFFFF:
-            # Uniform lists (tokens, elements) pay no per-item length: the common case.
-            self.u16(w)
-            self.parts.append(b"".join(items))
-        else:
-            self.u16(0)
-            for b in items:
-                self.blob(b)
-
-    def ints(self, values: Sequence[int], width: int = 4) -> None:
-        try:
-            self.items([v.to_bytes(width, "big") for v in values])
-        except OverflowError as exc:
-            raise MalformedMessage("an integer field is out of range") from exc
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -486,10 +375,20 @@ _TYPES: dict[int, type[Message]] = {
     )
 }
 _BY_NAME: dict[str, type[Message]] = {m.NAME: m for m in _TYPES.values()}
+_M = TypeVar("_M", bound=Message)
+_INT_TOPS: dict[str, int] = {"bits": 1 << 8, "filter_version": 1 << 64}
+
+
+@overload
+def decode(data: bytes) -> Message: ...
+@overload
+def decode(data: bytes, expect: type[_M]) -> _M: ...
+@overload
+def decode(data: bytes, expect: type[Message] | None) -> Message: ...
 
 
 def decode(data: bytes, expect: type[Message] | None = None) -> Message:
-    """Decode one binary message; ``expect`` restricts the accepted type.
+    """Decode one binary message; ``expect`` restricts the accepted type (and types the result).
 
     Raises:
         MalformedMessage: wrong magic, unknown version or type, bad lengths, trailing bytes.
@@ -512,6 +411,14 @@ def decode(data: bytes, expect: type[Message] | None = None) -> Message:
     msg = cls._read(r)
     r.done()
     return msg
+
+
+@overload
+def decode_json(text: str | bytes) -> Message: ...
+@overload
+def decode_json(text: str | bytes, expect: type[_M]) -> _M: ...
+@overload
+def decode_json(text: str | bytes, expect: type[Message] | None) -> Message: ...
 
 
 def decode_json(text: str | bytes, expect: type[Message] | None = None) -> Message:
@@ -555,8 +462,9 @@ def decode_json(text: str | bytes, expect: type[Message] | None = None) -> Messa
         elif kind == "bytes":
             v = _b64(v)
         elif kind == "int":
-            # Every int field is a u8 (bits) or a u32 (versions) in the binary form.
-            top = 1 << 8 if f.name == "bits" else 1 << 32
+            # The binary width of each int field: bits is a u8, filter_version a u64 (a
+            # content digest, which _validate keeps below 2**53), any other a u32.
+            top = _INT_TOPS.get(f.name, 1 << 32)
             if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v < top:
                 raise MalformedMessage(f"{f.name} is out of range")
         elif kind == "str" and (not isinstance(v, str) or len(v.encode()) > MAX_STR):

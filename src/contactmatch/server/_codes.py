@@ -1,5 +1,9 @@
 """Stable error codes of the HTTP API, shared by the app (exception -> code) and the client
-(code -> exception). Imports neither starlette nor httpx."""
+(code -> exception).
+
+Imports neither starlette, httpx nor pydantic: the client (httpx only) and the app (no
+httpx) both load it, so a code can never mean one thing on one side and another on the other.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ import math
 from typing import Any
 
 from contactmatch.errors import (
+    ApiError,
     AuthenticationFailed,
     Conflict,
     ContactMatchError,
@@ -26,7 +31,6 @@ __all__ = [
     "ERROR_CODES",
     "JSON",
     "USER_HEADER",
-    "ApiError",
     "error_body",
     "exception_for",
     "status_and_code",
@@ -37,15 +41,6 @@ JSON = "application/json"
 #: Optional request header naming the user the client believes it is acting for; a mismatch
 #: with the token's user is refused (403), so a mixed-up token is caught, not obeyed.
 USER_HEADER = "X-Contactmatch-User"
-
-
-class ApiError(ContactMatchError):
-    """An HTTP API error with no more specific library exception (``status`` and ``code``)."""
-
-    def __init__(self, status: int, code: str, message: str) -> None:
-        self.status = status
-        self.code = code
-        super().__init__(message)
 
 
 # Most specific first: the first class an exception is an instance of decides its code.

@@ -17,9 +17,6 @@ import time
 from collections.abc import Callable
 from typing import NoReturn
 
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-
 from contactmatch.errors import AuthenticationFailed, InvalidInput, InvalidKey
 from contactmatch.keys import ServerKey
 from contactmatch.service import NumberVerifier
@@ -40,19 +37,25 @@ _EXPIRY = re.compile(r"0|[1-9][0-9]{0,15}")
 _MAX_EXPIRY = 10**16
 
 
-def derive_token_secret(key: ServerKey, label: bytes = _TOKEN_LABEL) -> bytes:
-    """Derive a 32-byte token-signing secret from the server key (HKDF-SHA256).
+def derive_token_secret(key: ServerKey, label: bytes | str = _TOKEN_LABEL) -> bytes:
+    """A 32-byte token-signing secret derived from the server key (``ServerKey.derive_secret``).
 
     Args:
-        key: the OPRF server key; its private scalar is the HKDF input.
-        label: HKDF info, so distinct purposes (user tokens, admin tokens) get distinct secrets.
+        key: the OPRF server key.
+        label: the purpose (UTF-8 text, or its bytes), so distinct purposes (user tokens,
+            admin tokens) get distinct secrets.
 
     Returns:
         The secret for :class:`SignedTokens`.
+
+    Raises:
+        InvalidInput: the label is empty or not UTF-8.
     """
-    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=label).derive(
-        key.private_bytes()
-    )
+    try:
+        text = label.decode("utf-8") if isinstance(label, bytes) else label
+    except UnicodeDecodeError:
+        raise InvalidInput("a derivation label must be UTF-8 text") from None
+    return key.derive_secret(text)
 
 
 def _b64e(raw: bytes) -> str:

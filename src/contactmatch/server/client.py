@@ -1,40 +1,49 @@
-"""A Python client of the HTTP API with the same methods as the in-process service.
+"""The Python client of the HTTP API: the in-process service's methods, over the wire.
 
-:class:`HttpServer` mirrors :class:`~contactmatch.service.DiscoveryServer` for everything that
-crosses the wire, and turns JSON error codes back into the library's typed exceptions, so
-code written against the in-process server runs unchanged over HTTP::
+:class:`HttpClient` and :class:`~contactmatch.service.DiscoveryServer` both satisfy
+:class:`~contactmatch.backend.DiscoveryBackend`, and the client turns JSON error codes back
+into the library's typed exceptions, so code written against the in-process server runs
+unchanged over HTTP::
 
-    http = HttpServer("http://127.0.0.1:8080", token)
+    http = HttpClient("http://127.0.0.1:8080", token)
     client = DiscoveryClient(http.info("oprf+bucket"))
     result = client.discover(contacts, lambda b: http.discover(user_id, b))
 
 or, in one call that also keeps the filter up to date with deltas, ``http.sync(contacts)``.
+
+This module needs httpx only (``pip install 'contactmatch[client]'``): an app or a test
+harness talking to a server does not install Starlette, uvicorn or pydantic.
 """
 
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Iterable, Mapping
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
-
-import httpx
 
 from contactmatch._json import load_json
 from contactmatch.errors import (
     AuthenticationFailed,
     InvalidInput,
     MalformedMessage,
+    MissingDependency,
     StoreUnavailable,
 )
-from contactmatch.filters import BloomFilter, GolombFilter, load_filter
+from contactmatch.filters import Filter, load_filter
 from contactmatch.schemes.base import ServerInfo, get_scheme
 from contactmatch.server._codes import BINARY, JSON, USER_HEADER, exception_for
-from contactmatch.service import DEFAULT_SCHEMES, DiscoveryClient, DiscoveryResult
+from contactmatch.service import DiscoveryClient, DiscoveryResult
 from contactmatch.stores.base import Discoverability
 
-__all__ = ["HttpServer"]
+try:
+    import httpx
+except ImportError as exc:  # name the extra that fixes it, as every optional import does
+    raise MissingDependency("client", "httpx") from exc
+
+__all__ = ["HttpClient"]
 
 Contacts = Iterable[str] | Iterable[Mapping[str, Any]] | str | bytes
 
@@ -44,8 +53,8 @@ def _scheme_path(scheme: str) -> str:
     return quote(scheme, safe="")
 
 
-class HttpServer:
-    """Proxy of a remote :class:`~contactmatch.service.DiscoveryServer` over HTTP.
+class HttpClient:
+    """Client of a remote :class:`~contactmatch.service.DiscoveryServer`, served over HTTP.
 
     Args:
         base_url: where the app is served, e.g. ``http://127.0.0.1:8080``.
@@ -68,18 +77,19 @@ class HttpServer:
         self.base_url = base_url.rstrip("/")
         self.token = token
         self._http = httpx.Client(base_url=self.base_url, transport=transport, timeout=timeout)
-        self._filters: dict[str, GolombFilter | BloomFilter] = {}
+        self._filters: dict[str, Filter] = {}
         self._caches: dict[str, dict[tuple[str, str], bytes]] = {}
 
     def __repr__(self) -> str:
         # The token is never shown, not even in part.
-        return f"<HttpServer {self.base_url} token={'set' if self.token else 'none'}>"
+        token = "set" if self.token else "none"
+        return f"<{type(self).__name__} {self.base_url} token={token}>"
 
     def close(self) -> None:
         """Close the connection pool."""
         self._http.close()
 
-    def __enter__(self) -> HttpServer:
+    def __enter__(self) -> HttpClient:
         return self
 
     def __exit__(
@@ -136,20 +146,25 @@ class HttpServer:
         except MalformedMessage:
             raise MalformedMessage("the server's answer is not (acceptable) JSON") from None
 
-    # -- what DiscoveryServer offers --------------------------------------------------------
+    # -- the DiscoveryBackend protocol ------------------------------------------------------
     def schemes(self) -> list[str]:
-        """Schemes the server serves (a property on the in-process server)."""
+        """Schemes the server serves, the default first (a property on the in-process server,
+        where reading it costs no round trip)."""
         answer = self._json(self._request("GET", "/v1/schemes", auth=False))
         return [str(s) for s in answer["schemes"]]
 
-    def info(self, scheme: str = DEFAULT_SCHEMES[0]) -> bytes:
-        """Published parameters of a scheme, as :meth:`DiscoveryServer.info` returns them."""
-        return self._request("GET", f"/v1/info/{_scheme_path(scheme)}", auth=False).content
+    def info(self, scheme: str | None = None) -> bytes:
+        """Published parameters of a scheme, as :meth:`DiscoveryServer.info` returns them;
+        the server's default scheme (its first) when ``scheme`` is None."""
+        name = self.schemes()[0] if scheme is None else scheme
+        return self._request("GET", f"/v1/info/{_scheme_path(name)}", auth=False).content
 
-    def published_filter(self, scheme: str = "oprf+filter", since: int | None = None) -> bytes:
-        """The filter of a filter scheme, whole or as a delta from version ``since``."""
+    def published_filter(self, scheme: str | None = None, since: int | None = None) -> bytes:
+        """The filter of a filter scheme, whole or as a delta from version ``since``; the
+        server's default scheme when ``scheme`` is None."""
+        name = self.schemes()[0] if scheme is None else scheme
         params = {"since": since} if since is not None else None
-        path = f"/v1/filter/{_scheme_path(scheme)}"
+        path = f"/v1/filter/{_scheme_path(name)}"
         return self._request("GET", path, auth=False, params=params).content
 
     def discover(self, requester_id: str, request: bytes) -> bytes:
@@ -233,7 +248,7 @@ class HttpServer:
         """
         info = ServerInfo.decode(self.info(scheme))
         method = get_scheme(scheme)
-        blob = self._current_filter(scheme, info) if method.method == "filter" else None
+        blob = self._current_filter(scheme, info) if method.publishes_filter else None
         if cache is None:
             cache = self._caches.setdefault(method.token, {})
         client = DiscoveryClient(info, filter_blob=blob, region=region, cache=cache)
@@ -266,3 +281,22 @@ class HttpServer:
     def _keep(self, scheme: str, blob: bytes) -> bytes:
         self._filters[scheme] = load_filter(blob)
         return blob
+
+
+if TYPE_CHECKING:
+    HttpServer = HttpClient  # the deprecated alias, for type checkers (at run time: below)
+
+
+def __getattr__(name: str) -> Any:
+    """``HttpServer``, the old name of :class:`HttpClient`, with a DeprecationWarning (PEP 562).
+
+    The old name read as if the object served something; it is the same class.
+    """
+    if name == "HttpServer":
+        warnings.warn(
+            "HttpServer is deprecated; use HttpClient (the same class)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return HttpClient
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

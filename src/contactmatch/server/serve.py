@@ -1,24 +1,23 @@
-"""Running the app: ``contactmatch serve`` (uvicorn) and a background-thread server.
+"""Running the app: :func:`run` (uvicorn, what ``contactmatch serve`` calls) and a
+background-thread server.
 
-Importing this module is cheap (no uvicorn, no Starlette): the CLI imports it to build its
-argument parser, and the heavy imports happen in :func:`run` and :class:`ServerThread`.
-``serve --workers N`` (N > 1) runs N uvicorn worker processes on one port; each builds its
-own app from a key-free configuration (see :mod:`contactmatch.server._workers`).
+Importing this module is cheap (no uvicorn, no Starlette): the heavy imports happen in
+:func:`run` and :class:`ServerThread`. ``run(..., workers=N)`` (N > 1) runs N uvicorn worker
+processes on one port; each builds its own app from a key-free configuration (see
+:mod:`contactmatch.server._workers`). The command line itself (options, signals) lives in
+:mod:`contactmatch.cli.serve`.
 """
 
 from __future__ import annotations
 
-import argparse
-import contextlib
 import dataclasses
-import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from types import FrameType, TracebackType
-from typing import TYPE_CHECKING, Any, Literal, cast
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Literal
 
 from contactmatch._json import load_json
 from contactmatch.errors import InvalidInput, InvalidKey
@@ -35,7 +34,6 @@ if TYPE_CHECKING:
 __all__ = [
     "WORKER_REFRESH_EVERY",
     "ServerThread",
-    "add_serve_arguments",
     "build_server",
     "limits_from_json",
     "limits_to_json",
@@ -43,10 +41,8 @@ __all__ = [
     "load_limits",
     "load_or_create_data_key",
     "run",
-    "serve_command",
 ]
 
-_DEFAULT_STORE = "sqlite:///contactmatch.db"
 _MiB = 1024 * 1024
 #: Refresh interval of worker processes when none is given: the workers of one server are
 #: several processes on one store, so without it a registration made through one worker
@@ -348,6 +344,9 @@ def run(
         )
         serve_workers(config, host=host, port=port, workers=workers)
         return
+    from contactmatch.server import require_extra
+
+    require_extra("server")
     import uvicorn
 
     from contactmatch.server.app import create_app
@@ -389,191 +388,6 @@ def _notice_no_verifier() -> None:
     )
 
 
-def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the options of ``contactmatch serve`` to ``parser`` (imports nothing heavy)."""
-    parser.add_argument(
-        "--store",
-        default=_DEFAULT_STORE,
-        metavar="URL",
-        help=f"registry store: memory://, sqlite:///PATH, postgresql://, redis:// "
-        f"(default {_DEFAULT_STORE})",
-    )
-    parser.add_argument(
-        "--key", required=True, metavar="PATH", help="OPRF server key file (contactmatch keygen)"
-    )
-    parser.add_argument(
-        "--data-key",
-        default=None,
-        metavar="PATH",
-        help="key encrypting numbers at rest (default KEY.data; created, mode 0600, if missing)",
-    )
-    parser.add_argument("--host", default="127.0.0.1", help="interface (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=8080, help="TCP port (default 8080)")
-    parser.add_argument(
-        "--region", default=None, help="default region for numbers without +CC (e.g. IR)"
-    )
-    parser.add_argument(
-        "--scheme",
-        action="append",
-        dest="schemes",
-        default=None,
-        metavar="NAME",
-        help="serve this scheme (repeatable; default oprf+filter and oprf+bucket, or their "
-        "voprf twins for a VOPRF key)",
-    )
-    parser.add_argument(
-        "--max-body",
-        type=int,
-        default=4 * _MiB,
-        metavar="BYTES",
-        help="largest request body (default 4 MiB)",
-    )
-    parser.add_argument(
-        "--token-ttl",
-        type=float,
-        default=3600.0,
-        metavar="SECONDS",
-        help="lifetime of the demo's signed bearer tokens (default 3600)",
-    )
-    parser.add_argument(
-        "--refresh-every",
-        type=float,
-        default=0.0,
-        metavar="SECONDS",
-        help="re-sync the index with the store this often, for several server processes "
-        f"sharing one store (default 0: off for a single process; {WORKER_REFRESH_EVERY:g} s "
-        "with --workers > 1, whose workers are several processes on one store)",
-    )
-    parser.add_argument(
-        "--workers",
-        type=int,
-        default=1,
-        metavar="N",
-        help="worker processes sharing the port (default 1: one process). Each maps the "
-        "snapshot, follows the store's change feed and evaluates OPRF batches on "
-        "cores // N threads; about one worker per core. Needs a shared store (not memory://)",
-    )
-    parser.add_argument(
-        "--limits",
-        default=None,
-        metavar="PATH",
-        help='quotas: a JSON object of RateLimits fields, e.g. {"requests": {"capacity": '
-        '600, "period": 3600}, "max_items": 25000}; fields left out keep their defaults',
-    )
-    parser.add_argument(
-        "--snapshot-dir",
-        default=None,
-        metavar="DIR",
-        help="registry snapshots: start-up maps the newest valid one and reads the store's "
-        "change feed from there (fast); written every --snapshot-every seconds and at shutdown",
-    )
-    parser.add_argument(
-        "--snapshot-every",
-        type=float,
-        default=600.0,
-        metavar="SECONDS",
-        help="seconds between snapshot writes (default 600)",
-    )
-    parser.add_argument(
-        "--allow-foreign-keys",
-        action="store_true",
-        help="serve even if the store holds users under OPRF or data keys this server does "
-        "not hold (they stay invisible); refused by default",
-    )
-    parser.add_argument(
-        "--verify-number",
-        default=None,
-        metavar="MODULE:CALLABLE",
-        help="the messenger's proof-of-possession check, called as "
-        "f(user_id, e164, proof) -> bool for every registration and number change (e.g. "
-        "mymessenger.sms:verify_code); without it /v1/register and /v1/number are not served",
-    )
-    parser.add_argument(
-        "--allow-unverified-numbers",
-        action="store_true",
-        help="DEVELOPMENT ONLY: serve /v1/register and /v1/number without a verifier; they "
-        "then reveal whether a number is registered. Logged as a warning",
-    )
-
-
-def _interrupt(signum: int, frame: FrameType | None) -> None:
-    del signum, frame
-    raise KeyboardInterrupt
-
-
-@contextlib.contextmanager
-def _sigterm_interrupts() -> Iterator[None]:
-    """Make SIGTERM unwind like Ctrl-C for the duration, then restore the old handler.
-
-    uvicorn finishes in-flight requests on either signal and then re-raises the signal it
-    caught under the handler it found: with the default SIGTERM handler the process would die
-    by the signal, skipping every ``finally`` (the store would not be closed). As a
-    KeyboardInterrupt it unwinds, and uvicorn (or :func:`serve_command`) treats it as the
-    stop it is. Outside the main thread signals cannot be handled; nothing changes there.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGTERM, _interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-def serve_command(args: argparse.Namespace) -> int:
-    """Handler of ``contactmatch serve``: run the server until stopped; returns 0.
-
-    SIGTERM and SIGINT (Ctrl-C) stop it cleanly, also while it starts: in-flight requests
-    finish, and the process exits 0 without a traceback.
-    """
-    try:
-        with _sigterm_interrupts():
-            _serve(args)
-    except KeyboardInterrupt:
-        pass  # a stop requested while starting (or one uvicorn handed back): nothing to report
-    return 0
-
-
-def _serve(args: argparse.Namespace) -> None:
-    from contactmatch.keys import ServerKey
-    from contactmatch.oprf import Mode
-    from contactmatch.service import DEFAULT_SCHEMES, ServiceSettings
-
-    limits = load_limits(args.limits) if args.limits is not None else RateLimits()
-    schemes = tuple(args.schemes or ())
-    if not schemes:
-        # The default flows are OPRF ones; a VOPRF key serves their verifiable twins.
-        verifiable = ServerKey.load(args.key).mode is Mode.VOPRF
-        schemes = tuple("v" + s if verifiable else s for s in DEFAULT_SCHEMES)
-    settings = ServiceSettings(schemes=schemes, region=args.region, limits=limits)
-    verifier = (
-        cast("NumberVerifier", load_callable(args.verify_number)) if args.verify_number else None
-    )
-    if args.allow_unverified_numbers:
-        sys.stderr.write(
-            "contactmatch: WARNING: --allow-unverified-numbers: registration needs no proof "
-            "of possession and answers whether a number is registered. Development only.\n"
-        )
-    run(
-        args.store,
-        args.key,
-        host=args.host,
-        port=args.port,
-        data_key_path=args.data_key,
-        settings=settings,
-        max_body=args.max_body,
-        token_ttl=args.token_ttl,
-        refresh_every=args.refresh_every,
-        verify_number=verifier,
-        allow_unverified_numbers=args.allow_unverified_numbers,
-        snapshot_dir=args.snapshot_dir,
-        snapshot_every=args.snapshot_every,
-        allow_foreign_keys=args.allow_foreign_keys,
-        workers=args.workers,
-    )
-
-
 class ServerThread:
     """uvicorn serving an ASGI app in a background thread (tests, demos).
 
@@ -597,6 +411,9 @@ class ServerThread:
         timeout: float = 10.0,
         lifespan: Literal["on", "off"] = "off",
     ) -> None:
+        from contactmatch.server import require_extra
+
+        require_extra("server")
         import uvicorn
 
         self.host = host

@@ -1,4 +1,4 @@
-"""The registry store protocol, its records, input validation and the template base class.
+"""The template every adapter shares: :class:`BaseStore`, an ABC of validated public methods.
 
 Every adapter subclasses :class:`BaseStore`: the public methods here validate input, skip empty
 batches and map driver exceptions to :mod:`contactmatch.errors`; the adapter implements only the
@@ -16,528 +16,133 @@ transaction (or atomic step): one entry ``(seq, user_id, at)`` per affected user
 commit order, never holding a token, number or ciphertext. Server processes follow it with
 :meth:`BaseStore.changes` and re-read the named users with ``get_users`` (a missing row means
 the user is gone); ``docs/storage.md`` (The change feed) states what each adapter guarantees.
+
+Around the template: :mod:`~contactmatch.stores.roles` (the role protocols),
+:mod:`~contactmatch.stores.records` (records and input rules), :mod:`~contactmatch.stores.leaky`
+(the bucket rule), :mod:`~contactmatch.stores.census` (key-census helpers) and
+:mod:`~contactmatch.stores.sqlrows` (the SQL row layout). Their names are re-exported here, so
+imports written before the split keep working.
 """
 
 from __future__ import annotations
 
-import enum
-import math
-import re
+import abc
 import time
-from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Any, NamedTuple, Protocol, Self, runtime_checkable
+from typing import Self
 
 from contactmatch.errors import ContactMatchError, InvalidInput, StoreError, UnknownUser
 
+# Everything this module defined before the split, re-exported so that existing imports
+# (``from contactmatch.stores.base import check_int, leak, RegistryStore``) keep working.
+from contactmatch.stores.census import (
+    CENSUS_DATA,
+    CENSUS_OPRF,
+    census_deltas,
+    census_from,
+    wrapped_key_id,
+)
+from contactmatch.stores.leaky import drain_time, leak, take_decision
+from contactmatch.stores.records import (
+    FEED_PAGE_MAX,
+    FP_MAX,
+    FP_MIN,
+    MAX_CIPHERTEXT,
+    MAX_WRAPPED_KEY,
+    TOKEN_MAX,
+    TOKEN_MIN,
+    Discoverability,
+    FeedPage,
+    Holder,
+    KeyCensus,
+    Rekey,
+    TakeResult,
+    UserRecord,
+    check_bytes,
+    check_discoverability,
+    check_fingerprints,
+    check_int,
+    check_key_id,
+    check_name,
+    check_record,
+    check_sequence,
+    check_subject,
+    check_time,
+    check_token,
+    check_user_id,
+    no_duplicates,
+)
+from contactmatch.stores.roles import (
+    ContactStore,
+    FeedStore,
+    QuotaStore,
+    RegistryStore,
+    StatsStore,
+    UserStore,
+)
+from contactmatch.stores.sqlrows import DISC_CODES, DISC_NAMES, record_from_row, user_row
+
 __all__ = [
+    "CENSUS_DATA",
+    "CENSUS_OPRF",
+    "DISC_CODES",
+    "DISC_NAMES",
     "FEED_PAGE_MAX",
+    "FP_MAX",
+    "FP_MIN",
     "MAX_CIPHERTEXT",
     "MAX_WRAPPED_KEY",
+    "TOKEN_MAX",
+    "TOKEN_MIN",
     "BaseStore",
+    "ContactStore",
     "Discoverability",
     "FeedPage",
+    "FeedStore",
+    "Holder",
     "KeyCensus",
+    "QuotaStore",
     "RegistryStore",
     "Rekey",
+    "StatsStore",
     "TakeResult",
     "UserRecord",
+    "UserStore",
+    "census_deltas",
+    "census_from",
+    "check_bytes",
+    "check_discoverability",
+    "check_fingerprints",
+    "check_int",
+    "check_key_id",
+    "check_name",
+    "check_record",
+    "check_sequence",
+    "check_subject",
+    "check_time",
+    "check_token",
+    "check_user_id",
+    "drain_time",
+    "leak",
+    "no_duplicates",
+    "record_from_row",
+    "take_decision",
+    "user_row",
+    "wrapped_key_id",
 ]
 
-TOKEN_MIN, TOKEN_MAX = 32, 64
-FP_MIN, FP_MAX = 4, 64
-MAX_CIPHERTEXT = 512
-MAX_WRAPPED_KEY = 256
-_USER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
-_KEY_ID = re.compile(r"[A-Za-z0-9._-]{1,32}")
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
-_USER_ID_MATCH = _USER_ID.fullmatch
-_KEY_ID_MATCH = _KEY_ID.fullmatch
-_WRAP_VERSION = 2  # contactmatch.atrest.BLOB_VERSION
-#: Most entries one :meth:`BaseStore.changes` call returns.
-FEED_PAGE_MAX = 100_000
 _SEQ_MAX = 2**63 - 1  # a signed 64-bit column holds every sequence number
 
 
-class Discoverability(enum.StrEnum):
-    """Who may find a user by their number."""
+class BaseStore(abc.ABC):
+    """Public methods validate and map errors; subclasses implement the abstract ``_methods``.
 
-    EVERYONE = "everyone"
-    CONTACTS = "contacts"
-    NOBODY = "nobody"
-
-
-#: How the SQL adapters store a setting (a small integer column) and read it back.
-DISC_CODES = {Discoverability.EVERYONE: 0, Discoverability.CONTACTS: 1, Discoverability.NOBODY: 2}
-DISC_NAMES = {v: k for k, v in DISC_CODES.items()}
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class UserRecord:
-    """One registration: token under a key id, encrypted number, wrapped user key, setting, times.
-
-    ``number_ct`` and ``wrapped_key`` come from :meth:`contactmatch.atrest.DataKey.seal_number`
-    for this very user id and token. Stores keep ``wrapped_key`` apart from the user's row (its
-    own table or key), written in the same transaction and deleted with the account.
-
-    Validated on construction (like attrs validators), so a record that exists is a valid
-    one and bulk loads need not re-check a million of them.
-
-    Raises:
-        InvalidInput: a field has the wrong type, length or charset.
+    The template-method split keeps every rule in one place: input checks, empty-batch
+    shortcuts and error mapping are written once here and hold for every adapter, and an
+    adapter is only driver work on clean input. Every concrete subclass is a
+    :class:`~contactmatch.stores.roles.RegistryStore`: all the roles at once.
     """
-
-    user_id: str
-    token: bytes
-    key_id: str
-    number_ct: bytes
-    wrapped_key: bytes
-    discoverability: Discoverability = Discoverability.EVERYONE
-    created_at: float
-    updated_at: float
-
-    def __post_init__(self) -> None:
-        tok, ct, wk = self.token, self.number_ct, self.wrapped_key
-        cat, uat = self.created_at, self.updated_at
-        if (
-            type(tok) is bytes
-            and TOKEN_MIN <= len(tok) <= TOKEN_MAX
-            and type(ct) is bytes
-            and 1 <= len(ct) <= MAX_CIPHERTEXT
-            and type(wk) is bytes
-            and 1 <= len(wk) <= MAX_WRAPPED_KEY
-            and type(self.discoverability) is Discoverability
-            and type(cat) is float
-            and type(uat) is float
-            and 0.0 <= cat < math.inf
-            and 0.0 <= uat < math.inf
-            and type(self.user_id) is str
-            and type(self.key_id) is str
-            and _USER_ID_MATCH(self.user_id) is not None
-            and _KEY_ID_MATCH(self.key_id) is not None
-        ):
-            return  # the common case, kept to plain comparisons
-        # Normalise what is acceptable (bytearray, "everyone", int times), reject the rest.
-        # object.__setattr__ is the documented way to initialise a frozen dataclass.
-        set_ = object.__setattr__
-        set_(self, "user_id", check_user_id(self.user_id))
-        set_(self, "token", check_token(tok))
-        set_(self, "key_id", check_key_id(self.key_id))
-        set_(self, "number_ct", check_bytes(ct, "encrypted number", 1, MAX_CIPHERTEXT))
-        set_(self, "wrapped_key", check_bytes(wk, "wrapped key", 1, MAX_WRAPPED_KEY))
-        set_(self, "discoverability", check_discoverability(self.discoverability))
-        set_(self, "created_at", check_time(cat, "created_at"))
-        set_(self, "updated_at", check_time(uat, "updated_at"))
-
-    def __repr__(self) -> str:
-        # Tokens and ciphertexts never reach logs, not even through a debugger's repr.
-        return (
-            f"UserRecord(user_id={self.user_id!r}, key_id={self.key_id!r}, "
-            f"discoverability={self.discoverability.value!r})"
-        )
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Rekey:
-    """A token replacement for key rotation; applied only if the user still has ``old_token``.
-
-    The number ciphertext is bound to the token, so a new token needs a new seal: pass both
-    ``number_ct`` and ``wrapped_key`` (from ``DataKey.seal_number(number, user_id, new_token)``),
-    or neither to keep the stored ones (only right when the token does not change).
-    """
-
-    user_id: str
-    old_token: bytes
-    new_token: bytes
-    key_id: str
-    number_ct: bytes | None = None
-    wrapped_key: bytes | None = None
-
-    def __repr__(self) -> str:
-        return f"Rekey(user_id={self.user_id!r}, key_id={self.key_id!r})"
-
-
-class Holder(NamedTuple):
-    """Who holds a token: what discovery needs to confirm a match, and no more."""
-
-    user_id: str
-    token: bytes
-    key_id: str
-    discoverability: Discoverability
-
-    def __repr__(self) -> str:  # a token stays out of logs
-        return f"Holder(user_id={self.user_id!r}, key_id={self.key_id!r})"
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class FeedPage:
-    """One read of the change feed: what changed after a position, and whether that is all.
-
-    Attributes:
-        entries: ``(seq, user_id)`` pairs with ``seq`` greater than the position asked for,
-            ascending, at most the limit asked for. An entry says only "this user changed":
-            read the user's current row (``get_users``; None means gone).
-        head: the highest sequence number the store had assigned when the page was read
-            (0 for a store that never changed); the page is the last one when ``entries`` is
-            empty or ends at ``head``.
-        complete: False when entries after the position were already compacted away (or the
-            position is beyond ``head``, e.g. a snapshot from a restored backup): the follower
-            cannot catch up from the feed and must rescan the store.
-    """
-
-    entries: list[tuple[int, str]]
-    head: int
-    complete: bool
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class KeyCensus:
-    """How many registrations the store holds under each key id, exact and cheap to read.
-
-    Attributes:
-        oprf: users per token key id (``UserRecord.key_id``).
-        data: users per data-key id named in the header of their wrapped key (``""`` for a
-            wrapped key whose header does not parse). Key ids with no user are left out.
-    """
-
-    oprf: dict[str, int]
-    data: dict[str, int]
-
-
-class TakeResult(NamedTuple):
-    """Outcome of one leaky-bucket take: allowed, else seconds until it would be."""
-
-    allowed: bool
-    retry_after: float
-
-
-def leak(level: float, updated: float, now: float, refill_per_s: float) -> float:
-    """Bucket level after draining since ``updated`` (never below zero, clock skew ignored)."""
-    return max(0.0, level - max(0.0, now - updated) * refill_per_s)
-
-
-def take_decision(
-    level: float, cost: float, capacity: float, refill_per_s: float
-) -> tuple[bool, float, float]:
-    """Leaky-bucket rule shared by the adapters that decide in Python: (allowed, retry, level)."""
-    new_level = level + cost
-    if new_level <= capacity:
-        return True, 0.0, new_level
-    if cost > capacity:
-        return False, math.inf, level
-    return False, (new_level - capacity) / refill_per_s, level
-
-
-def drain_time(level: float, updated: float, refill_per_s: float) -> float:
-    """When a bucket at ``level`` (as of ``updated``) is empty again: the time its row may go.
-
-    ``inf`` when it never drains within a float's range (a tiny refill rate).
-    """
-    return updated + level / refill_per_s
-
-
-class UserStore(Protocol):
-    """Registrations: the users, their tokens, encrypted numbers and settings."""
-
-    def put_users(self, users: Sequence[UserRecord], *, mark: str | None = None) -> None:
-        """Insert or replace registrations (upsert by user id)."""
-
-    def get_users(self, user_ids: Sequence[str]) -> list[UserRecord | None]:
-        """Registrations aligned with ``user_ids`` (None where unknown)."""
-
-    def lookup_tokens(self, tokens: Sequence[bytes]) -> list[UserRecord | None]:
-        """Registrations aligned with ``tokens`` (None where no user has the token)."""
-
-    def confirm_tokens(self, tokens: Sequence[bytes]) -> list[Holder | None]:
-        """Who holds each token, without the number (the discovery hot path)."""
-
-    def set_discoverability(self, changes: Mapping[str, Discoverability], now: float) -> None:
-        """Change users' discoverability; all or nothing."""
-
-    def rekey_users(self, updates: Sequence[Rekey], now: float) -> int:
-        """Replace tokens where they still match ``old_token``; returns how many changed."""
-
-    def scan_users(self, after: str | None, limit: int) -> list[UserRecord]:
-        """Up to ``limit`` registrations with user id > ``after``, in user id order."""
-
-    def count_users(self) -> int:
-        """Number of registrations."""
-
-    def delete_account(self, user_id: str) -> None:
-        """Erase a user: registration, number, wrapped user key, uploads (not rate state)."""
-
-
-class ContactStore(Protocol):
-    """Opt-in contact uploads (tokens only), for contacts-only discoverability."""
-
-    def replace_contacts(self, owner_id: str, tokens: Sequence[bytes], key_id: str) -> None:
-        """Replace the contact tokens ``owner_id`` uploaded (opt-in) with ``tokens``."""
-
-    def contact_owners(self, tokens: Sequence[bytes]) -> list[list[str]]:
-        """Owners holding each token in their uploads, aligned, each list sorted."""
-
-    def purge_contacts(self, keep_key_id: str) -> int:
-        """Drop uploads made under any other key id; returns how many tokens were dropped."""
-
-
-class QuotaStore(Protocol):
-    """Rate state: leaky buckets and seen sets. All the rate limiter and the lab need."""
-
-    def take(
-        self,
-        subject: str,
-        quota: str,
-        cost: float,
-        *,
-        capacity: float,
-        refill_per_s: float,
-        now: float,
-    ) -> TakeResult:
-        """Atomically add ``cost`` to a leaky bucket that drains at ``refill_per_s``."""
-
-    def count_unseen(
-        self, subject: str, fingerprints: Sequence[bytes], *, now: float, ttl: float
-    ) -> int:
-        """How many (distinct) fingerprints are not in ``subject``'s seen set, or older than ttl."""
-
-    def add_seen(self, subject: str, fingerprints: Sequence[bytes], *, now: float) -> int:
-        """Add fingerprints (or refresh their time) in ``subject``'s seen set; how many were new."""
-
-    def reset_seen(self, subject: str) -> None:
-        """Forget ``subject``'s seen set (a new quota window)."""
-
-    def expire_rate_state(self, now: float, seen_ttl: float) -> int:
-        """Drop drained buckets and seen entries older than ``seen_ttl``; how many went."""
-
-
-class StatsStore(Protocol):
-    """Aggregate counters and named checkpoints (rotations, imports)."""
-
-    def incr_stats(self, deltas: Mapping[str, int]) -> None:
-        """Add to aggregate counters (names only, never identifiers)."""
-
-    def get_stats(self) -> dict[str, int]:
-        """All aggregate counters."""
-
-    def get_checkpoint(self, name: str) -> str | None:
-        """A named checkpoint (e.g. how far a key rotation got)."""
-
-    def set_checkpoint(self, name: str, value: str | None) -> None:
-        """Set or (None) clear a named checkpoint."""
-
-
-class FeedStore(Protocol):
-    """The change feed and the store's identity, which registry followers read."""
-
-    def feed_head(self) -> int:
-        """The highest change-feed sequence number assigned so far (0 if none)."""
-
-    def changes(self, after: int, limit: int) -> FeedPage:
-        """Change-feed entries after sequence ``after``, ascending, at most ``limit``."""
-
-    def compact_feed(
-        self, *, before_seq: int | None = None, older_than: float | None = None
-    ) -> int:
-        """Drop old change-feed entries; returns how many went."""
-
-    def store_id(self) -> str:
-        """The store's stable random identity, created with its schema."""
-
-    def key_census(self) -> KeyCensus:
-        """Users per OPRF key id and per data-key id, without scanning the users."""
-
-
-@runtime_checkable
-class RegistryStore(UserStore, ContactStore, QuotaStore, StatsStore, FeedStore, Protocol):
-    """Everything the discovery service keeps, in batch methods; see ``docs/storage.md``.
-
-    The union of the role protocols: code that needs one role (the rate limiter: quotas)
-    depends on that role only.
-    """
-
-    def close(self) -> None:
-        """Release connections; the store is unusable afterwards."""
-
-
-# -- validation ----------------------------------------------------------------------------
-
-
-def check_user_id(value: object) -> str:
-    """A user id: 1-64 characters of ``[A-Za-z0-9._-]``, not starting with a separator."""
-    if not isinstance(value, str):
-        raise InvalidInput(f"user id must be str, not {type(value).__name__}")
-    if not _USER_ID.fullmatch(value):
-        # Shown only by length: a malformed id may be something personal pasted by mistake.
-        raise InvalidInput(f"malformed user id (length {len(value)})")
-    return value
-
-
-def check_key_id(value: object) -> str:
-    """A key id: 1-32 characters of ``[A-Za-z0-9._-]`` (ASCII bytes are accepted)."""
-    if isinstance(value, bytes | bytearray):
-        try:
-            value = bytes(value).decode("ascii")
-        except UnicodeDecodeError:
-            raise InvalidInput("key id must be ASCII") from None
-    if not isinstance(value, str):
-        raise InvalidInput(f"key id must be str or bytes, not {type(value).__name__}")
-    if not _KEY_ID.fullmatch(value):
-        raise InvalidInput(f"malformed key id (length {len(value)})")
-    return value
-
-
-def check_name(value: object, what: str) -> str:
-    """A quota, statistic or checkpoint name: 1-64 of ``[A-Za-z0-9._:-]``."""
-    if not isinstance(value, str):
-        raise InvalidInput(f"{what} must be str, not {type(value).__name__}")
-    if not _NAME.fullmatch(value):
-        raise InvalidInput(f"malformed {what} (length {len(value)})")
-    return value
-
-
-def check_subject(value: object) -> str:
-    """A rate subject: 1-64 of ``[A-Za-z0-9._:-]``, e.g. ``n:<32 hex>`` or ``g:eval``.
-
-    User ids cannot contain ``:``, so namespaced subjects never collide with one.
-    """
-    return check_name(value, "rate subject")
-
-
-def check_bytes(value: object, what: str, lo: int, hi: int) -> bytes:
-    """Bytes of length ``lo..hi`` (bytearray and memoryview are copied to bytes)."""
-    if isinstance(value, bytearray | memoryview):
-        value = bytes(value)
-    if not isinstance(value, bytes):
-        raise InvalidInput(f"{what} must be bytes, not {type(value).__name__}")
-    if not lo <= len(value) <= hi:
-        raise InvalidInput(f"{what} must be {lo}-{hi} bytes, got {len(value)}")
-    return value
-
-
-def check_token(value: object) -> bytes:
-    """A token: 32-64 bytes."""
-    return check_bytes(value, "token", TOKEN_MIN, TOKEN_MAX)
-
-
-def check_time(value: object, what: str = "timestamp") -> float:
-    """A finite, non-negative number of seconds."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise InvalidInput(f"{what} must be a number, not {type(value).__name__}")
-    f = float(value)
-    if not math.isfinite(f) or f < 0:
-        raise InvalidInput(f"{what} must be finite and >= 0")
-    return f
-
-
-def check_int(value: object, what: str, lo: int, hi: int) -> int:
-    """An int in ``lo..hi`` (bool rejected)."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise InvalidInput(f"{what} must be int, not {type(value).__name__}")
-    if not lo <= value <= hi:
-        raise InvalidInput(f"{what} must be in {lo}..{hi}")
-    return value
-
-
-_DISC_BY_VALUE = {d.value: d for d in Discoverability}
-
-
-def check_discoverability(value: object) -> Discoverability:
-    """A :class:`Discoverability` or its string value."""
-    if isinstance(value, str) and value in _DISC_BY_VALUE:
-        return _DISC_BY_VALUE[value]
-    raise InvalidInput("discoverability must be everyone, contacts or nobody")
-
-
-def check_record(rec: object) -> UserRecord:
-    """A :class:`UserRecord` (valid by construction, so only the type is checked here)."""
-    if type(rec) is not UserRecord and not isinstance(rec, UserRecord):
-        raise InvalidInput(f"expected UserRecord, not {type(rec).__name__}")
-    return rec
-
-
-def check_sequence(value: object, what: str) -> Sequence[object]:
-    """A list or tuple (a lone str/bytes is rejected: it would iterate characters)."""
-    if isinstance(value, str | bytes | bytearray | memoryview) or not isinstance(value, Sequence):
-        raise InvalidInput(f"{what} must be a sequence, not {type(value).__name__}")
-    return value
-
-
-def _fingerprints(values: object) -> list[bytes]:
-    """Distinct seen-set fingerprints (4-64 bytes each), first occurrence order."""
-    return list(
-        dict.fromkeys(
-            check_bytes(f, "fingerprint", FP_MIN, FP_MAX)
-            for f in check_sequence(values, "fingerprints")
-        )
-    )
-
-
-def wrapped_key_id(wrapped: bytes) -> str:
-    """The data-key id in a wrapped user key's header, or ``""`` if the header does not parse.
-
-    Mirrors the layout of :mod:`contactmatch.atrest` (``0x02 | len | key id | ...``) without
-    importing it: stores treat the blob as opaque except for this census of key ids.
-    """
-    if len(wrapped) < 2 or wrapped[0] != _WRAP_VERSION:
-        return ""
-    n = wrapped[1]
-    kid = wrapped[2 : 2 + n]
-    if len(kid) != n or not kid.isascii():
-        return ""
-    text = kid.decode("ascii")
-    return text if _KEY_ID_MATCH(text) is not None else ""
-
-
-#: Census kinds as the SQL adapters store them: OPRF (token) key ids and data-key ids.
-CENSUS_OPRF, CENSUS_DATA = 0, 1
-
-
-def census_deltas(
-    added: Iterable[tuple[str, bytes]], removed: Iterable[tuple[str, bytes]] = ()
-) -> dict[tuple[int, str], int]:
-    """Key-census changes for registrations added and removed, as ``(key id, wrapped key)``.
-
-    Returns ``{(kind, key id): delta}`` without zero deltas (a replacement under the same keys
-    changes nothing). Wrapped keys are grouped by their header bytes first, so a batch of a
-    million users sharing one data key parses one header, not a million.
-    """
-    out: Counter[tuple[int, str]] = Counter()
-    for pairs, sign in ((added, 1), (removed, -1)):
-        kids: Counter[str] = Counter()
-        heads: Counter[bytes] = Counter()
-        for kid, wk in pairs:
-            kids[kid] += 1
-            heads[wk[: 2 + wk[1]] if len(wk) > 1 else wk] += 1
-        for kid, n in kids.items():
-            out[(CENSUS_OPRF, kid)] += sign * n
-        for head, n in heads.items():
-            out[(CENSUS_DATA, wrapped_key_id(head))] += sign * n
-    return {k: n for k, n in out.items() if n}
-
-
-def census_from(rows: Iterable[tuple[int, str, int]]) -> KeyCensus:
-    """A :class:`KeyCensus` from ``(kind, key id, count)`` rows (rows counting 0 left out)."""
-    oprf: dict[str, int] = {}
-    data: dict[str, int] = {}
-    for kind, kid, n in rows:
-        if n:
-            (oprf if kind == CENSUS_OPRF else data)[kid] = int(n)
-    return KeyCensus(oprf=oprf, data=data)
-
-
-def no_duplicates(values: Sequence[object], what: str) -> None:
-    """Refuse a batch that names the same thing twice (its outcome would depend on order)."""
-    if len(set(values)) != len(values):
-        raise InvalidInput(f"duplicate {what} in one batch")
-
-
-# -- the template base class ---------------------------------------------------------------
-
-
-class BaseStore:
-    """Public methods validate and map errors; subclasses implement the ``_methods``."""
 
     #: Scheme names this adapter is registered under (for messages only).
     name = "base"
@@ -810,7 +415,7 @@ class BaseStore:
             How many distinct fingerprints are absent from the seen set or expired.
         """
         subj = check_subject(subject)
-        fps = _fingerprints(fingerprints)
+        fps = check_fingerprints(fingerprints)
         t = check_time(now, "now")
         life = check_time(ttl, "ttl")
         if not fps:
@@ -826,7 +431,7 @@ class BaseStore:
             an expired entry not yet removed by :meth:`expire_rate_state` counts as present).
         """
         subj = check_subject(subject)
-        fps = _fingerprints(fingerprints)
+        fps = check_fingerprints(fingerprints)
         t = check_time(now, "now")
         if not fps:
             return 0
@@ -992,128 +597,126 @@ class BaseStore:
             self._close()
 
     # driver work (adapters implement) -----------------------------------------------------
+    #
+    # Abstract, so an adapter that forgets one cannot even be instantiated (and mypy refuses
+    # it where ``contactmatch.stores`` checks the adapters). Input is already validated:
+    # lists, not sequences; no duplicates where the public method forbids them; never empty
+    # where the public method skips empty batches. Only ``_confirm_tokens`` has a default,
+    # because it is correct for every adapter (merely not the fastest).
 
+    @abc.abstractmethod
     def _put_users(self, users: list[UserRecord], mark: str | None) -> None:
-        raise NotImplementedError
+        """Upsert ``users`` (keeping ``created_at``), their keys, census and feed; set ``mark``."""
 
+    @abc.abstractmethod
     def _get_users(self, user_ids: list[str]) -> list[UserRecord | None]:
-        raise NotImplementedError
+        """Records aligned with ``user_ids``, None where unknown."""
 
+    @abc.abstractmethod
     def _lookup_tokens(self, tokens: list[bytes]) -> list[UserRecord | None]:
-        raise NotImplementedError
+        """Records aligned with ``tokens``, None where no user holds the token."""
 
     def _confirm_tokens(self, tokens: list[bytes]) -> list[Holder | None]:
+        """Holders aligned with ``tokens``; SQL adapters override it to skip the ciphertexts."""
         return [
             None if r is None else Holder(r.user_id, r.token, r.key_id, r.discoverability)
             for r in self._lookup_tokens(tokens)
         ]
 
+    @abc.abstractmethod
     def _set_discoverability(self, changes: dict[str, Discoverability], now: float) -> None:
-        raise NotImplementedError
+        """Apply every change or none; raise UnknownUser for a missing user."""
 
+    @abc.abstractmethod
     def _rekey_users(self, updates: list[Rekey], now: float) -> int:
-        raise NotImplementedError
+        """Apply the updates whose user still holds ``old_token``; return how many."""
 
+    @abc.abstractmethod
     def _scan_users(self, after: str | None, limit: int) -> list[UserRecord]:
-        raise NotImplementedError
+        """Up to ``limit`` records with user id bytewise greater than ``after``, in order."""
 
+    @abc.abstractmethod
     def _count_users(self) -> int:
-        raise NotImplementedError
+        """How many registrations the store holds."""
 
+    @abc.abstractmethod
     def _delete_account(self, user_id: str) -> bool:
-        raise NotImplementedError
+        """Erase the user's account state; False if there was no such user."""
 
+    @abc.abstractmethod
     def _replace_contacts(self, owner_id: str, tokens: list[bytes], key_id: str) -> bool:
-        raise NotImplementedError
+        """Swap the owner's uploads for ``tokens``; False if the owner is not registered."""
 
+    @abc.abstractmethod
     def _contact_owners(self, tokens: list[bytes]) -> list[list[str]]:
-        raise NotImplementedError
+        """Owners aligned with ``tokens``, in any order (the public method sorts them)."""
 
+    @abc.abstractmethod
     def _purge_contacts(self, keep_key_id: str) -> int:
-        raise NotImplementedError
+        """Drop uploads made under another key id; return how many tokens went."""
 
+    @abc.abstractmethod
     def _take(
         self, subject: str, quota: str, cost: float, *, capacity: float, refill: float, now: float
     ) -> TakeResult:
-        raise NotImplementedError
+        """One atomic leaky-bucket take (:mod:`contactmatch.stores.leaky` has the rule)."""
 
+    @abc.abstractmethod
     def _count_unseen(self, subject: str, fingerprints: list[bytes], cutoff: float) -> int:
         """Fingerprints absent, or last added at or before ``cutoff`` (= now - ttl)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def _add_seen(self, subject: str, fingerprints: list[bytes], now: float) -> int:
-        raise NotImplementedError
+        """Add or refresh the (distinct) fingerprints stamped ``now``; return how many were new."""
 
+    @abc.abstractmethod
     def _reset_seen(self, subject: str) -> None:
-        raise NotImplementedError
+        """Forget the subject's seen set."""
 
+    @abc.abstractmethod
     def _expire_rate_state(self, now: float, cutoff: float) -> int:
         """Drop buckets drained by ``now`` and seen entries added at or before ``cutoff``."""
-        raise NotImplementedError
 
-    def _vacuum(self, *, keys_only: bool) -> dict[str, int]:  # noqa: ARG002 - adapters use it
-        return {}
+    @abc.abstractmethod
+    def _vacuum(self, *, keys_only: bool) -> dict[str, int]:
+        """Remove dead-row residue; adapters without dead rows say so and return ``{}``."""
 
+    @abc.abstractmethod
     def _incr_stats(self, deltas: dict[str, int]) -> None:
-        raise NotImplementedError
+        """Add the deltas to the named counters, atomically per counter."""
 
+    @abc.abstractmethod
     def _get_stats(self) -> dict[str, int]:
-        raise NotImplementedError
+        """Every counter by name."""
 
+    @abc.abstractmethod
     def _get_checkpoint(self, name: str) -> str | None:
-        raise NotImplementedError
+        """The checkpoint's value, or None."""
 
+    @abc.abstractmethod
     def _set_checkpoint(self, name: str, value: str | None) -> None:
-        raise NotImplementedError
+        """Set the checkpoint, or delete it when ``value`` is None."""
 
+    @abc.abstractmethod
     def _feed_head(self) -> int:
-        raise NotImplementedError
+        """The highest feed sequence number assigned (0 for a new store)."""
 
+    @abc.abstractmethod
     def _changes(self, after: int, limit: int) -> FeedPage:
-        raise NotImplementedError
+        """Entries after ``after`` (at most ``limit``), head and completeness, one snapshot."""
 
+    @abc.abstractmethod
     def _compact_feed(self, before_seq: int | None, older_than: float | None) -> int:
-        raise NotImplementedError
+        """Remove the prefix both limits allow (None: no limit); return how many went."""
 
+    @abc.abstractmethod
     def _store_id(self) -> str:
-        raise NotImplementedError
+        """The identity written with the schema or key layout."""
 
+    @abc.abstractmethod
     def _key_census(self) -> KeyCensus:
-        raise NotImplementedError
+        """The census counters as they are (no scan)."""
 
+    @abc.abstractmethod
     def _close(self) -> None:
-        raise NotImplementedError
-
-
-def user_row(u: UserRecord, kid: int) -> tuple[str, bytes, int, bytes, int, float, float | None]:
-    """The ``users`` column tuple of a record (SQLite and PostgreSQL); the key goes elsewhere.
-
-    ``kid`` is the key id's code in the ``key_ids`` table (one small integer instead of up to
-    32 characters per row), and ``updated_at`` is NULL while it equals ``created_at`` (most
-    users register once): 8 bytes per row saved, read back with ``coalesce``.
-    """
-    cat, uat = u.created_at, u.updated_at
-    return (
-        u.user_id,
-        u.token,
-        kid,
-        u.number_ct,
-        DISC_CODES[u.discoverability],
-        cat,
-        None if uat == cat else uat,
-    )
-
-
-def record_from_row(row: Sequence[Any]) -> UserRecord:
-    """The record of a SQL row read as ``(user_id, token, key_id, number_ct, disc, created_at,
-    updated_at, wrapped)``: key id by name (joined from ``key_ids``), times coalesced."""
-    return UserRecord(
-        user_id=row[0],
-        token=bytes(row[1]),
-        key_id=row[2],
-        number_ct=bytes(row[3]),
-        wrapped_key=bytes(row[7]),
-        discoverability=DISC_NAMES[row[4]],
-        created_at=row[5],
-        updated_at=row[6],
-    )
+        """Release connections and background threads."""

@@ -18,25 +18,23 @@ import threading
 from dataclasses import replace
 
 from contactmatch.errors import Conflict, UnknownUser
-from contactmatch.stores.base import (
-    BaseStore,
+from contactmatch.stores.base import BaseStore
+from contactmatch.stores.census import wrapped_key_id
+from contactmatch.stores.leaky import drain_time, leak, take_decision
+from contactmatch.stores.records import (
     Discoverability,
     FeedPage,
     KeyCensus,
     Rekey,
     TakeResult,
     UserRecord,
-    drain_time,
-    leak,
-    take_decision,
-    wrapped_key_id,
 )
 
 __all__ = ["MemoryStore"]
 
 
 class MemoryStore(BaseStore):
-    """Thread-safe in-memory :class:`~contactmatch.stores.base.RegistryStore` (``memory://``)."""
+    """Thread-safe in-memory :class:`~contactmatch.stores.roles.RegistryStore` (``memory://``)."""
 
     name = "memory"
 
@@ -261,6 +259,12 @@ class MemoryStore(BaseStore):
                 if not seen:
                     del self._seen[subject]
             return removed
+
+    # maintenance --------------------------------------------------------------------------
+
+    def _vacuum(self, *, keys_only: bool) -> dict[str, int]:  # noqa: ARG002 - no scope
+        """Nothing to do: a deleted entry is gone from the dicts, and there is no disk."""
+        return {}
 
     # stats and checkpoints ----------------------------------------------------------------
 

@@ -7,6 +7,8 @@ the one registry of the scheme's token function that every method shares.
 
 from __future__ import annotations
 
+from contactmatch.errors import UnknownScheme
+from contactmatch.schemes.base import MethodName
 from contactmatch.schemes.methods.base import MembershipMethod
 from contactmatch.schemes.methods.bucket import BucketMethod
 from contactmatch.schemes.methods.filter import FilterMethod
@@ -22,14 +24,20 @@ __all__ = [
 ]
 
 #: The method object for each method name a scheme may carry.
-METHODS: dict[str, MembershipMethod] = {
+METHODS: dict[MethodName, MembershipMethod] = {
     m.name: m for m in (LookupMethod(), BucketMethod(), FilterMethod())
 }
+# Keyed by plain str too, so any name a caller hands in is looked up without a cast.
+_BY_NAME: dict[str, MembershipMethod] = {m.name: m for m in METHODS.values()}
 
 
-def method_for(name: str) -> MembershipMethod:
-    """The method called ``name`` (``lookup``, ``bucket`` or ``filter``)."""
+def method_for(name: MethodName | str) -> MembershipMethod:
+    """The method called ``name`` (``lookup``, ``bucket`` or ``filter``).
+
+    Raises:
+        UnknownScheme: no membership method has that name.
+    """
     try:
-        return METHODS[name]
-    except KeyError:
-        raise ValueError(f"no membership method {name[:20]!r}") from None
+        return _BY_NAME[name]
+    except (KeyError, TypeError):
+        raise UnknownScheme(f"no membership method {str(name)[:20]!r}") from None

@@ -7,6 +7,7 @@ from typing import ClassVar
 
 from contactmatch.errors import MalformedMessage
 from contactmatch.registry.shared import TokenRegistry
+from contactmatch.schemes.base import METHOD_TRAITS, MethodName
 from contactmatch.schemes.wire import Message
 
 __all__ = ["MembershipMethod"]
@@ -20,11 +21,15 @@ class MembershipMethod(ABC):
     """
 
     #: The method's name in scheme names (``oprf+filter``).
-    name: ClassVar[str]
-    #: Whether the method publishes a filter that clients download.
-    publishes_filter: ClassVar[bool] = False
+    name: ClassVar[MethodName]
     #: Request message types this method answers (after the token function's own round).
     requests: ClassVar[tuple[type[Message], ...]]
+
+    @property
+    def publishes_filter(self) -> bool:
+        """Whether the method publishes a filter that clients download (from the registry of
+        names, so the method object and :attr:`Scheme.publishes_filter` cannot disagree)."""
+        return METHOD_TRAITS[self.name].publishes_filter
 
     def bits(self, registry: TokenRegistry, anonymity: int) -> int:
         """Bucket prefix bits published in the scheme's info (0 for methods without)."""

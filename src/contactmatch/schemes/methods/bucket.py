@@ -6,8 +6,9 @@ from typing import ClassVar
 
 from contactmatch.errors import MalformedMessage
 from contactmatch.registry.shared import TokenRegistry
+from contactmatch.schemes.base import MethodName
 from contactmatch.schemes.methods.base import MembershipMethod
-from contactmatch.schemes.table import bits_for
+from contactmatch.schemes.sealed import bits_for
 from contactmatch.schemes.wire import BucketRequest, BucketResponse, Message
 
 __all__ = ["BucketMethod"]
@@ -16,7 +17,7 @@ __all__ = ["BucketMethod"]
 class BucketMethod(MembershipMethod):
     """Answer every registered ``(fingerprint, sealed user id)`` under each asked prefix."""
 
-    name: ClassVar[str] = "bucket"
+    name: ClassVar[MethodName] = "bucket"
     requests: ClassVar[tuple[type[Message], ...]] = (BucketRequest,)
 
     def bits(self, registry: TokenRegistry, anonymity: int) -> int:

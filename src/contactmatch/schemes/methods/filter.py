@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+from contactmatch.schemes.base import MethodName
 from contactmatch.schemes.methods.lookup import LookupMethod
 
 __all__ = ["FilterMethod"]
@@ -17,5 +18,4 @@ class FilterMethod(LookupMethod):
     like lookups, so a filter false positive costs one confirmation and never a false match.
     """
 
-    name: ClassVar[str] = "filter"
-    publishes_filter: ClassVar[bool] = True
+    name: ClassVar[MethodName] = "filter"

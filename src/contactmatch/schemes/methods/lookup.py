@@ -7,6 +7,7 @@ from typing import ClassVar
 import numpy as np
 
 from contactmatch.registry.shared import TokenRegistry
+from contactmatch.schemes.base import MethodName
 from contactmatch.schemes.methods.base import MembershipMethod
 from contactmatch.schemes.wire import LookupRequest, LookupResponse, Message
 
@@ -16,7 +17,7 @@ __all__ = ["LookupMethod"]
 class LookupMethod(MembershipMethod):
     """Screen the tokens by hash in the registry, confirm the candidates in full."""
 
-    name: ClassVar[str] = "lookup"
+    name: ClassVar[MethodName] = "lookup"
     requests: ClassVar[tuple[type[Message], ...]] = (LookupRequest,)
 
     def answer(self, msg: Message, registry: TokenRegistry, *, key_id: str, bits: int) -> Message:

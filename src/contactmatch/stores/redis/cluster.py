@@ -17,15 +17,8 @@ import redis.cluster
 import redis.exceptions
 
 from contactmatch.errors import Conflict, StoreError, StoreUnavailable, UnknownUser
-from contactmatch.stores.base import (
-    Discoverability,
-    FeedPage,
-    KeyCensus,
-    Rekey,
-    UserRecord,
-    census_deltas,
-    census_from,
-)
+from contactmatch.stores.census import census_deltas, census_from
+from contactmatch.stores.records import Discoverability, FeedPage, KeyCensus, Rekey, UserRecord
 from contactmatch.stores.redis import _lua as lua
 from contactmatch.stores.redis.single import (
     CHUNK,

@@ -22,21 +22,22 @@ import redis.exceptions
 
 from contactmatch.errors import (
     Conflict,
+    InvalidInput,
     SchemaVersionError,
     StoreError,
     StoreUnavailable,
     UnknownUser,
 )
-from contactmatch.stores.base import (
-    BaseStore,
+from contactmatch.stores import wants_cluster
+from contactmatch.stores.base import BaseStore
+from contactmatch.stores.census import census_deltas, census_from
+from contactmatch.stores.records import (
     Discoverability,
     FeedPage,
     KeyCensus,
     Rekey,
     TakeResult,
     UserRecord,
-    census_deltas,
-    census_from,
     check_name,
 )
 from contactmatch.stores.redis import _lua as lua
@@ -65,17 +66,6 @@ def _text(v: Any) -> str:
     return v.decode() if isinstance(v, bytes) else str(v)
 
 
-_TRUE = {"1", "true", "yes", "on"}
-
-
-def wants_cluster(url: str) -> bool:
-    """Whether the URL names a Redis Cluster (``redis+cluster://`` or ``?cluster=1``)."""
-    parts = urlsplit(url)
-    if parts.scheme.lower().endswith("+cluster"):
-        return True
-    return any(k == "cluster" and v.lower() in _TRUE for k, v in parse_qsl(parts.query))
-
-
 def split_url(url: str, prefix: str | None) -> tuple[str, str]:
     """Remove our ``prefix`` and ``cluster`` query options from the URL; return (url, prefix)."""
     parts = urlsplit(url)
@@ -101,19 +91,11 @@ def _census_rows(raw: dict[Any, Any]) -> Iterator[tuple[int, str, int]]:
 
 
 class RedisStore(BaseStore):
-    """Redis :class:`~contactmatch.stores.base.RegistryStore`; thread- and process-safe."""
+    """Redis :class:`~contactmatch.stores.roles.RegistryStore`; thread- and process-safe."""
 
     name = "redis"
     #: Whether this handle talks to a Redis Cluster (per-slot steps instead of scripts).
     cluster = False
-
-    def __new__(cls, url: str, **_options: Any) -> RedisStore:
-        """``redis://...?cluster=1`` opens a :class:`RedisClusterStore`."""
-        if cls is RedisStore and wants_cluster(str(url)):
-            from contactmatch.stores.redis.cluster import RedisClusterStore
-
-            return super().__new__(RedisClusterStore)
-        return super().__new__(cls)
 
     def __init__(self, url: str, *, prefix: str | None = None, timeout: float = 10.0) -> None:
         """Connect and check (or record) the key layout version under the prefix.
@@ -124,9 +106,18 @@ class RedisStore(BaseStore):
             timeout: socket connect/read timeout in seconds.
 
         Raises:
+            InvalidInput: the URL names a cluster (``?cluster=1``) but this is the single-Redis
+                class; :func:`~contactmatch.stores.open_store` routes such URLs to
+                :class:`RedisClusterStore`.
             StoreUnavailable: the server cannot be reached.
             SchemaVersionError: the keys were written by a newer contactmatch.
         """
+        if wants_cluster(url) and not self.cluster:
+            # Talking to one node of a cluster as if it were a whole Redis would fail later
+            # and obscurely (MOVED, CROSSSLOT); say which class or function opens it.
+            raise InvalidInput(
+                "redis: a cluster URL needs RedisClusterStore (or open_store, which picks it)"
+            )
         clean, self.prefix = split_url(url, prefix)
         self._g = "{" + self.prefix + ":g}"
         self._timeout = timeout
@@ -437,6 +428,16 @@ class RedisStore(BaseStore):
         if empty:
             self._eval_batch(lua.SEEN_UNINDEX, [([self._g + ":seen"], [repr(cutoff), *empty])])
         return sum(int(gone) for gone, _left in res)
+
+    # maintenance --------------------------------------------------------------------------
+
+    def _vacuum(self, *, keys_only: bool) -> dict[str, int]:  # noqa: ARG002 - no scope
+        """Nothing to do: a deleted or trimmed key leaves no dead row for a later read.
+
+        Redis frees a key's memory when it is deleted; what remains are RDB/AOF files and
+        replicas' backlogs, which expire on their own schedule (``docs/storage.md``, Erasure).
+        """
+        return {}
 
     # stats and checkpoints ----------------------------------------------------------------
 
