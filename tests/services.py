@@ -5,6 +5,7 @@ Shared by ``tests/conftest.py`` (the fixtures) and the tests that talk to a serv
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import time
@@ -40,8 +41,6 @@ REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
 PG_BASE = f"postgresql://postgres@{PG_HOST}:{PG_PORT}/test"
 REDIS_BASE = f"redis://{REDIS_HOST}:{REDIS_PORT}/0"
 # A throwaway 3-primary cluster the suite starts itself (see ``start_redis_cluster``).
-REDIS_CLUSTER_PORTS = (7100, 7101, 7102)
-REDIS_CLUSTER_BASE = f"redis+cluster://{REDIS_HOST}:{REDIS_CLUSTER_PORTS[0]}/"
 
 SERVICES = {
     "postgres": (PG_HOST, PG_PORT, "PostgreSQL"),
@@ -60,6 +59,30 @@ def reachable(host: str, port: int) -> bool:
             return True
     except OSError:
         return False
+
+
+def _cluster_base() -> int:
+    """A first port for the test cluster whose three ports and bus ports (+10000) are free.
+
+    Fixed ports made two test runs on one machine (a developer's and CI's, or two helpers')
+    fail each other with "port in use"; each run now looks for a free block, starting at a
+    block chosen by its process id. ``CONTACTMATCH_TEST_CLUSTER_PORT`` pins it.
+    """
+    pinned = os.environ.get("CONTACTMATCH_TEST_CLUSTER_PORT")
+    if pinned:
+        return int(pinned)
+    blocks = 80
+    first = os.getpid() % blocks
+    for i in range(blocks):
+        base = 7100 + ((first + i) % blocks) * 10
+        ports = (base, base + 1, base + 2)
+        if not any(reachable(REDIS_HOST, p) or reachable(REDIS_HOST, p + 10000) for p in ports):
+            return base
+    return 7100
+
+
+REDIS_CLUSTER_PORTS = tuple(_cluster_base() + i for i in range(3))
+REDIS_CLUSTER_BASE = f"redis+cluster://{REDIS_HOST}:{REDIS_CLUSTER_PORTS[0]}/"
 
 
 def service_verdict(

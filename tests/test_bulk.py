@@ -31,7 +31,7 @@ from contactmatch.oprf import Mode
 from contactmatch.rotation import rotate
 from contactmatch.service import DiscoveryServer
 from contactmatch.stores import BaseStore, open_store
-from tests.services import PG_BASE, REDIS_BASE, drop_pg_schema, drop_redis_prefix
+from tests.services import PG_BASE, REDIS_BASE, drop_redis_prefix
 
 S = TypeVar("S")
 R = TypeVar("R")
@@ -133,15 +133,14 @@ def snapshot(store: BaseStore, data_key: DataKey) -> dict[str, tuple[Any, ...]]:
 
 
 @pytest.fixture
-def ref_url(store_url: str, tmp_path: Path) -> Iterator[str]:
+def ref_url(store_url: str, tmp_path: Path, pg_schemas: Callable[[], str]) -> Iterator[str]:
     """A second, empty store of the same kind, for the reference; dropped afterwards."""
-    tag = "r" + uuid.uuid4().hex[:12]
     if store_url.startswith("sqlite"):
         yield f"sqlite:///{tmp_path}/reference.db"
     elif store_url.startswith("postgresql"):
-        yield f"{PG_BASE}?schema={tag}"
-        drop_pg_schema(tag)
+        yield f"{PG_BASE}?schema={pg_schemas()}"
     else:
+        tag = "r" + uuid.uuid4().hex[:12]
         yield f"{REDIS_BASE}?prefix={tag}"
         drop_redis_prefix(tag)
 

@@ -29,6 +29,7 @@ from contactmatch.oprf import Mode
 from contactmatch.ratelimit import Quota, RateLimits
 from contactmatch.service import DiscoveryClient, DiscoveryServer, ServiceSettings
 from contactmatch.stores import BaseStore, open_store
+from tests.services import drop_redis_prefix
 
 KEY = ServerKey.derive(b"\x05" * 32, b"registry", Mode.OPRF)
 DATA_KEY = DataKey.generate("dk-registry")
@@ -40,13 +41,17 @@ GENEROUS = ServiceSettings(
 )
 
 
-def fresh_url(store_url: str) -> str:
-    """Another isolated namespace of the same adapter (a new example needs a new store)."""
+def fresh_url(store_url: str, new_schema: Callable[[], str]) -> str:
+    """Another isolated namespace of the same adapter (a new example needs a new store).
+
+    PostgreSQL schemas come from the suite's one schema fixture (dropped after the test);
+    Redis prefixes are deleted by the test that asked for them.
+    """
     tag = "t" + uuid.uuid4().hex[:12]
     if store_url.startswith("sqlite:///"):
         return store_url.replace("registry.db", f"{tag}.db")
     if "schema=" in store_url:
-        return store_url.split("schema=", maxsplit=1)[0] + f"schema={tag}"
+        return store_url.split("schema=", maxsplit=1)[0] + f"schema={new_schema()}"
     if "prefix=" in store_url:
         return store_url.split("prefix=", maxsplit=1)[0] + f"prefix={tag}"
     return store_url
@@ -245,11 +250,13 @@ class TwoProcesses(RuleBasedStateMachine):
             assert got.matches == want
 
 
-def test_two_processes_agree_with_a_dict(store_url: str, tmp_path: Path, backend: str) -> None:
+def test_two_processes_agree_with_a_dict(
+    store_url: str, tmp_path: Path, backend: str, pg_schemas: Callable[[], str]
+) -> None:
     urls: list[str] = []
 
     def make() -> tuple[BaseStore, BaseStore]:
-        url = fresh_url(store_url)
+        url = fresh_url(store_url, pg_schemas)
         urls.append(url)
         return two_handles(url)
 
@@ -265,6 +272,9 @@ def test_two_processes_agree_with_a_dict(store_url: str, tmp_path: Path, backend
             suppress_health_check=list(HealthCheck),
         ),
     )
+    for url in urls:  # Redis prefixes (PostgreSQL schemas go with pg_schemas)
+        if "prefix=" in url:
+            drop_redis_prefix(url.split("prefix=", 1)[1], cluster="cluster" in url)
 
 
 def test_snapshots_keep_nothing_of_a_deleted_user(tmp_path: Path) -> None:
