@@ -3,13 +3,18 @@
 Goals are *ratios against a baseline measured in the same run* (the machine is noisy, two
 cores), never absolute times. ``--quick`` shrinks every workload so the test suite can run each
 benchmark as a smoke test; goals are still computed and printed but only ``--check`` turns a
-missed goal into a non-zero exit status.
+missed goal into a non-zero exit status (``run_all.py`` passes it on full runs only: a quick
+run's sizes are too small for its ratios to mean anything).
+
+Plots are drawn by :mod:`contactmatch.lab.plots` (also used by ``contactmatch bench``): a title
+saying what is measured and with which parameters, legends below the axes, never over data.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 import time
@@ -29,7 +34,11 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from contactmatch.lab.plots import new_figure, save_figure
+
 RESULTS = Path(__file__).resolve().parent / "results"
+#: ``run_all.py`` sets this to a file to which each report appends the path of its JSON.
+MANIFEST_ENV = "CONTACTMATCH_BENCH_MANIFEST"
 # Piped output (CI logs, `make bench > file`) gets a wide console so tables are not truncated.
 console = Console(width=None if sys.stdout.isatty() else 160)
 
@@ -88,10 +97,15 @@ class Goal:
 
 @dataclass
 class Report:
-    """Collects rows and goals of one benchmark and writes them out in three forms."""
+    """Collects rows and goals of one benchmark and writes them out in three forms.
+
+    ``title`` heads the plot and the Markdown: what is measured and with which key parameters
+    (sizes as the run used them, so a quick run's title says its small sizes).
+    """
 
     name: str
     args: argparse.Namespace
+    title: str = ""
     columns: list[str] = field(default_factory=list)
     rows: list[dict[str, Any]] = field(default_factory=list)
     goals: list[Goal] = field(default_factory=list)
@@ -123,6 +137,8 @@ class Report:
 
     def markdown(self) -> str:
         lines = [f"# {self.name}", ""]
+        if self.title:
+            lines += [self.title.replace("\n", " "), ""]
         if self.params:
             lines.append(
                 "Parameters: " + ", ".join(f"{k}={self._fmt(v)}" for k, v in self.params.items())
@@ -146,7 +162,7 @@ class Report:
         return "\n".join(lines) + "\n"
 
     def print(self) -> None:
-        t = Table(title=self.name)
+        t = Table(title=f"{self.name}: {self.title}" if self.title else self.name)
         for c in self.columns:
             t.add_column(c, justify="right" if c != self.columns[0] else "left")
         for r in self.rows:
@@ -169,12 +185,17 @@ class Report:
             console.print(n)
 
     def finish(self, plot: Callable[[Any], None] | None = None) -> int:
-        """Print, write ``<out>/<name>.{json,md,png}``; return the process exit status."""
+        """Print, write ``<out>/<name>.{json,md,png}``; return the process exit status.
+
+        ``plot(ax)`` draws on one axes; the title and the legend's place (below the axes) are
+        set here, so every benchmark's figure follows the same rules.
+        """
         self.print()
         out: Path = self.args.out
         out.mkdir(parents=True, exist_ok=True)
         doc = {
             "benchmark": self.name,
+            "title": self.title or self.name,
             "quick": bool(self.args.quick),
             "machine": {"python": platform.python_version(), "platform": platform.platform()},
             "params": self.params,
@@ -182,19 +203,20 @@ class Report:
             "goals": [asdict(g) | {"met": g.met} for g in self.goals],
             "notes": self.notes,
         }
-        (out / f"{self.name}.json").write_text(json.dumps(doc, indent=2, default=str) + "\n")
+        json_path = out / f"{self.name}.json"
+        json_path.write_text(json.dumps(doc, indent=2, default=str) + "\n")
         (out / f"{self.name}.md").write_text(self.markdown())
         if plot is not None and not self.args.no_plot:
-            import matplotlib
-
-            matplotlib.use("Agg")
-            import matplotlib.pyplot as plt
-
-            fig, ax = plt.subplots(figsize=(8, 4.5))
+            fig, (ax,) = new_figure()
             plot(ax)
-            ax.set_title(self.name)
-            fig.tight_layout()
-            fig.savefig(out / f"{self.name}.png", dpi=110)
-            plt.close(fig)
+            save_figure(fig, out / f"{self.name}.png", title=self.plot_title())
+        if manifest := os.environ.get(MANIFEST_ENV):
+            with open(manifest, "a", encoding="utf-8") as f:
+                f.write(f"{json_path.resolve()}\n")
         missed = [g for g in self.goals if not g.met]
         return 1 if (self.args.check and missed) else 0
+
+    def plot_title(self) -> str:
+        """The figure's title; a quick run says so, as its figures are not results."""
+        title = self.title or self.name
+        return f"{title}\n[--quick: smoke-test sizes, not a result]" if self.args.quick else title

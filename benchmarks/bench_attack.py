@@ -185,7 +185,15 @@ def main() -> int:
         args.accounts, args.book, args.cycle_seconds, scale = 10, 100, 1.0, 0.05
     tmp = args.out / "bench_attack.tmp"
     tmp.mkdir(parents=True, exist_ok=True)
-    report = Report("bench_attack", args)
+    report = Report(
+        "bench_attack",
+        args,
+        title=(
+            "Attacks on the quotas: numbers tested by each attack\n"
+            f"({args.accounts} attacking accounts, newcomer's book of {args.book:,} contacts, "
+            f"delete/re-register for {args.cycle_seconds:g} s, quotas x{scale:g})"
+        ),
+    )
     default = RateLimits()
 
     def q(quota: Quota, factor: float) -> Quota:

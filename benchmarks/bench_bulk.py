@@ -126,7 +126,15 @@ def main() -> int:
     from contactmatch.keys import ServerKey
     from contactmatch.oprf import Mode
 
-    report = Report("bench_bulk", args)
+    report = Report(
+        "bench_bulk",
+        args,
+        title=(
+            "Bulk import: numbers/s by engine and store\n"
+            f"({args.numbers:,} numbers into {args.scaling_store}, {args.store_numbers:,} per "
+            f"store run, partitions of {args.partition:,} lines)"
+        ),
+    )
     report.params = {
         "numbers": args.numbers,
         "store_numbers": args.store_numbers,

@@ -42,7 +42,15 @@ def main() -> int:
     counts = [int(a) for a in args.accounts.split(",")]
     limits = scale_limits(RateLimits(), args.scale)
     ev, ge = limits.evaluations, limits.global_evaluations
-    report = Report("bench_enumeration", args)
+    report = Report(
+        "bench_enumeration",
+        args,
+        title=(
+            f"Enumeration under the quotas: plan tested and registry learned per day\n"
+            f"({args.scheme}, {args.accounts} scraper accounts, {args.registry:,} registered "
+            f"in a plan of {args.plan:,}, {args.days} days, quotas x{args.scale:g})"
+        ),
+    )
     report.params = {
         "scheme": args.scheme,
         "registry": args.registry,

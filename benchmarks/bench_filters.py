@@ -42,7 +42,15 @@ def main() -> int:
         args.n, args.n_bloom, args.n_psi = 20_000, 2_000, 1_000
     log_fprs = [8, 16, 20, 32, 40]
     bloom_log_fprs = [8, 16, 20]
-    report = Report("bench_filters", args)
+    report = Report(
+        "bench_filters",
+        args,
+        title=(
+            "Filter size: bits per entry against the log2(1/fpr) lower bound\n"
+            f"(Golomb filter of {args.n:,} tokens, Bloom of {args.n_bloom:,}, "
+            f"PSI of {args.n_psi:,}; {args.token_bytes}-byte tokens)"
+        ),
+    )
     report.params = {
         "gcs_entries": args.n,
         "bloom_entries": args.n_bloom,

@@ -93,6 +93,7 @@ from _loadgen import (
     run_phase,
     tree_cpu_seconds,
 )
+from contactmatch.lab.plots import new_figure, save_figure
 
 SCHEME = "oprf+filter"
 SCHEME_PATH = "oprf%2Bfilter"
@@ -638,7 +639,16 @@ def main() -> int:
     cores = os.cpu_count() or 1
     flags = serve_flags()
     workers = [int(w) for w in str(args.workers).split(",") if w.strip()]
-    report = Report("bench_http", args)
+    report = Report(
+        "bench_http",
+        args,
+        title=(
+            f"HTTP syncs: throughput and latency of contactmatch serve by worker count\n"
+            f"({SCHEME}, {args.users:,} users, books of {args.book:,} contacts "
+            f"({args.registered:.0%} registered), {args.concurrency} clients, "
+            f"{args.seconds:g} s per phase)"
+        ),
+    )
     if "--workers" not in flags:
         if workers != [1]:
             console.print(
@@ -889,20 +899,15 @@ def main() -> int:
     if 1 in workers and 2 not in workers and "--workers" not in flags:
         console.print("NOT MEASURED: re-syncs/s, 2 workers / 1 worker (serve has no --workers)")
     if not args.no_plot:
-        plot(args.out / "bench_http.png", rows)
+        plot(args.out / "bench_http.png", rows, report.plot_title())
     return status
 
 
-def plot(path: Path, rows: list[dict[str, Any]]) -> None:
+def plot(path: Path, rows: list[dict[str, Any]], title: str) -> None:
     """Throughput and latency per worker count, first syncs and re-syncs side by side."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     kinds = ["first", "re-sync"]
     ws = sorted({int(r["workers"]) for r in rows})
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4.5))
+    fig, (left, right) = new_figure(2, figsize=(10, 5.5))
     width = 0.8 / len(ws)
     for k, w in enumerate(ws):
         rs = {r["sync"]: r for r in rows if r["workers"] == w}
@@ -925,11 +930,7 @@ def plot(path: Path, rows: list[dict[str, Any]]) -> None:
     right.set_ylabel("latency per sync, ms")
     right.set_title("latency")
     right.legend(fontsize=7)
-    fig.suptitle("bench_http: contactmatch serve over HTTP")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, title=title)
 
 
 if __name__ == "__main__":

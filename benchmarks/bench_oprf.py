@@ -144,7 +144,14 @@ def main() -> int:
     procs.shutdown()
     us = {tag: t / n * 1e6 for tag, t in best.items()}
 
-    report = Report("bench_oprf", args)
+    report = Report(
+        "bench_oprf",
+        args,
+        title=(
+            "OPRF cost: microseconds per element, contactmatch vs libsodium floor and "
+            f"OpenMined PSI\n(batches of {n:,} elements, best of {repeat}, {cores} cores)"
+        ),
+    )
     report.params = {
         "elements": n,
         "repeat": repeat,

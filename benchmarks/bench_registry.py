@@ -255,7 +255,15 @@ def main() -> int:
         sizes = [20_000]
     sets = 3 if args.quick else 15
     width = args.token_bytes
-    report = Report("bench_registry", args)
+    report = Report(
+        "bench_registry",
+        args,
+        title=(
+            "Registry memory: bytes per user by registered users, RegistryTable vs TokenTable\n"
+            f"(sizes {', '.join(f'{s:,}' for s in sizes)}; {width}-byte tokens, "
+            "64 users per bucket)"
+        ),
+    )
     report.params = {"token_bytes": width, "changes": CHANGES, "users_per_bucket": 64}
     from contactmatch.registry import RegistryTable, save
 

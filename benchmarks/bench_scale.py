@@ -331,7 +331,15 @@ def main() -> int:
         sizes = [int(x) for x in args.sizes.split(",")]
     if args.quick:
         sizes = [5_000]
-    report = Report("bench_scale", args)
+    report = Report(
+        "bench_scale",
+        args,
+        title=(
+            "Registry at scale: bytes per user and start-up by registered users and store\n"
+            f"(stores {args.stores}; sizes {', '.join(f'{s:,}' for s in sizes)}; "
+            f"books of {BOOK:,} contacts)"
+        ),
+    )
     report.params = {"book": BOOK, "syncs": SYNCS, "batch": BATCH, "schemes": "oprf+filter,bucket"}
     with tempfile.TemporaryDirectory(prefix="bench-scale-") as tmp:
         rows = [
@@ -371,6 +379,7 @@ def main() -> int:
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("registered users")
+        ax.set_ylabel("bytes per user; start-up in ms")
         ax.legend(fontsize=7)
 
     return report.finish(plot)

@@ -3,7 +3,8 @@
 The researchers' table. One registry and one phone book (30% registered) for every pair (see
 ``contactmatch.lab.compare``); each discovery runs through the same bytes-in/bytes-out
 path a network would carry and is repeated (best-of) to steady the CPU figures. No goals:
-this benchmark describes trade-offs, it does not gate anything.
+this benchmark describes trade-offs, it does not gate anything. The plot is drawn by
+``contactmatch.lab.plots``, as ``contactmatch bench --plot`` draws it.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import Report, parse_args, progress
 from contactmatch.lab.compare import compare, workload
+from contactmatch.lab.plots import plot_schemes, schemes_title
 from contactmatch.schemes import scheme_names
 
 
@@ -29,7 +31,11 @@ def main() -> int:
     if args.quick:
         args.registry, args.book, args.repeat = 2_000, 100, 1
     registered, book = workload(args.registry, args.book)
-    report = Report("bench_schemes", args)
+    report = Report(
+        "bench_schemes",
+        args,
+        title=schemes_title(len(registered), len(book), args.anonymity),
+    )
     report.params = {"registry": len(registered), "book": len(book), "anonymity": args.anonymity}
     names = scheme_names()
     with progress("schemes", len(names)) as advance:
@@ -55,19 +61,7 @@ def main() -> int:
         "filter, refreshed by deltas); CPU is process time, worker threads included."
     )
 
-    def plot(ax) -> None:  # type: ignore[no-untyped-def]
-        names = [r["scheme"] for r in report.rows]
-        xs = range(len(names))
-        ax.bar([x - 0.2 for x in xs], [r["kb_up"] for r in report.rows], width=0.4,
-               label="KiB up")  # fmt: skip
-        ax.bar([x + 0.2 for x in xs], [r["kb_down"] for r in report.rows], width=0.4,
-               label="KiB down")  # fmt: skip
-        ax.set_xticks(list(xs), names, rotation=60, ha="right", fontsize=8)
-        ax.set_ylabel("KiB per discovery")
-        ax.set_yscale("log")
-        ax.legend()
-
-    return report.finish(plot)
+    return report.finish(lambda ax: plot_schemes(ax, report.rows))
 
 
 if __name__ == "__main__":

@@ -402,7 +402,14 @@ def main() -> int:
     if args.quick:
         args.rows, args.batch, args.repeat = 5_000, 1_000, 1
         args.bytes_rows, args.cost_rows, args.cost_singles = "2000", 2_000, 200
-    report = Report("bench_stores", args)
+    report = Report(
+        "bench_stores",
+        args,
+        title=(
+            "Store bulk load: rows/s by adapter, contactmatch vs the bare driver\n"
+            f"({args.rows:,} registrations in batches of {args.batch:,}, best of {args.repeat})"
+        ),
+    )
     report.params = {"rows": args.rows, "batch": args.batch, "repeat": args.repeat}
     ci = os.environ.get("CI", "").lower() == "true"
     rows = make_rows(args.rows)
@@ -455,7 +462,11 @@ def store_bytes(args: Any, ci: bool, workdir: Path) -> int:
     sizes = [int(x) for x in args.bytes_rows.split(",") if x]
     if not sizes:
         return 0
-    report = Report("bench_store_bytes", args)
+    report = Report(
+        "bench_store_bytes",
+        args,
+        title=f"Stored bytes per user by store and table (sizes {args.bytes_rows})",
+    )
     report.params = {"sizes": args.bytes_rows}
     pg = reachable(*SERVICES["postgres"]) or ci
     for n in sizes:
@@ -482,7 +493,14 @@ def feed_costs(args: Any, ci: bool, workdir: Path) -> int:
     """The ``bench_feed_cost`` report: writers with and without the change feed."""
     if not args.cost_rows:
         return 0
-    report = Report("bench_feed_cost", args)
+    report = Report(
+        "bench_feed_cost",
+        args,
+        title=(
+            "Change feed cost: writer time with and without the feed "
+            f"({args.cost_rows:,} rows, {args.cost_singles:,} single writes)"
+        ),
+    )
     report.params = {"rows": args.cost_rows, "singles": args.cost_singles, "repeat": args.repeat}
     records = realistic_records(args.cost_rows, seed=5)
     backends = ["sqlite"] + (["postgres"] if reachable(*SERVICES["postgres"]) or ci else [])

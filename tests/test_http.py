@@ -746,6 +746,9 @@ def test_real_answers_match_the_documented_schemas(serve: Serve, key: ServerKey)
     check("/v1/stats", raw.get("/v1/stats", headers=dave))
     check("/v1/account", raw.delete("/v1/account", headers=dave))
     check("/v1/account", raw.delete("/v1/account", headers=dave))  # 401: gone
+    check("/healthz", raw.get("/healthz"))
+    check("/readyz", raw.get("/readyz"))
+    check("/metrics", raw.get("/metrics"))
     assert seen == mounted(s.app)  # every route answered with success at least once
 
 
@@ -1049,6 +1052,7 @@ def test_public_exports_are_pinned() -> None:
         "HttpClient",
         "ServerThread",
         "SignedTokens",
+        "StaticToken",
         "create_app",
         "derive_token_secret",
         "run",

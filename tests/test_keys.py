@@ -26,7 +26,7 @@ def _mode_of(path: Path) -> int:
 def test_generate_gives_distinct_valid_keys() -> None:
     a, b = ServerKey.generate(), ServerKey.generate()
     assert a != b
-    assert a.mode is Mode.VOPRF
+    assert a.mode is Mode.OPRF  # the default, as for `contactmatch keygen`
     assert r255.is_valid_element(a.public_key)
     assert a.public_key == r255.scalar_mult_base(a.private_bytes())
 

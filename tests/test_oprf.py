@@ -52,7 +52,7 @@ def test_blinding_is_fresh_but_tokens_are_deterministic(mode: Mode) -> None:
 
 
 def test_tokens_depend_on_the_key() -> None:
-    a, b = ServerKey.generate(), ServerKey.generate()
+    a, b = ServerKey.generate(Mode.VOPRF), ServerKey.generate(Mode.VOPRF)
     assert a.key_id != b.key_id
     ta = OprfServer(a).evaluate_tokens(NUMBERS[:5])
     tb = OprfServer(b).evaluate_tokens(NUMBERS[:5])
@@ -84,8 +84,8 @@ def test_server_precompute_parallel_equals_serial() -> None:
 def test_voprf_client_refuses_a_key_it_has_not_pinned() -> None:
     # The point of VOPRF: a server that evaluates one user under a key of their own (to
     # recognise their requests later) is caught, because that key is not the published one.
-    published = ServerKey.generate()
-    targeted = ServerKey.generate()
+    published = ServerKey.generate(Mode.VOPRF)
+    targeted = ServerKey.generate(Mode.VOPRF)
     client = OprfClient(Mode.VOPRF, public_keys=OprfServer(published).public_keys())
     state, blinded = client.blind(NUMBERS[:4])
     with pytest.raises(UnknownKeyId):
@@ -93,8 +93,8 @@ def test_voprf_client_refuses_a_key_it_has_not_pinned() -> None:
 
 
 def test_voprf_client_catches_a_key_swap_under_the_pinned_key_id() -> None:
-    published = ServerKey.generate()
-    targeted = ServerKey.generate()
+    published = ServerKey.generate(Mode.VOPRF)
+    targeted = ServerKey.generate(Mode.VOPRF)
     client = OprfClient(Mode.VOPRF, public_keys={published.key_id: published.public_key})
     state, blinded = client.blind(NUMBERS[:4])
     honest = OprfServer(targeted).evaluate_batch(blinded)
@@ -148,7 +148,7 @@ def test_voprf_client_rejects_tampered_evaluations(tamper: object) -> None:
 
 
 def test_rotation_with_grace_period_and_retirement() -> None:
-    old = ServerKey.generate()
+    old = ServerKey.generate(Mode.VOPRF)
     ring = KeyRing(old)
     server = OprfServer(ring)
     client = OprfClient(Mode.VOPRF, public_keys=server.public_keys())
@@ -156,7 +156,7 @@ def test_rotation_with_grace_period_and_retirement() -> None:
     before = client.finalize(state, server.evaluate_batch(blinded))
     assert before.key_id == old.key_id
 
-    new = ServerKey.generate()
+    new = ServerKey.generate(Mode.VOPRF)
     assert ring.rotate(new) == old.key_id
     assert ring.key_ids == (new.key_id, old.key_id)
     # A client that has not refreshed its pinned keys notices the rotation.
@@ -194,7 +194,7 @@ def test_oprf_client_with_pinned_ids_refuses_other_ids() -> None:
 
 
 def test_reprs_show_no_secrets() -> None:
-    key = ServerKey.generate()
+    key = ServerKey.generate(Mode.VOPRF)
     server = OprfServer(key)
     client = OprfClient(Mode.VOPRF, public_keys=server.public_keys())
     state, blinded = client.blind(NUMBERS[:2])

@@ -181,7 +181,7 @@ def test_bad_public_keys(pk: object) -> None:
 
 
 def test_pinned_key_must_match_its_id() -> None:
-    key = ServerKey.generate()
+    key = ServerKey.generate(Mode.VOPRF)
     with pytest.raises(InvalidKey):
         OprfClient(Mode.VOPRF, public_keys={"0123456789abcdef": key.public_key})
     with pytest.raises(InvalidKey):

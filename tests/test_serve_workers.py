@@ -356,6 +356,26 @@ def test_two_workers_share_registrations_filter_versions_and_quotas(
     assert statuses == [200] * WRITES + [429] * (3 * WRITES)
     assert len({pid for _, _, _, pid in answers if pid is not None}) == 2
 
+    # Metrics add up over both workers (prometheus_client's multiprocess mode in the run's
+    # private directory), whichever worker answers the scrape.
+    from prometheus_client.parser import text_string_to_metric_families
+
+    scraped: dict[int, float] = {}
+    deadline = time.monotonic() + 20
+    while len(scraped) < 2 and time.monotonic() < deadline:
+        status, _, text, pid = serve.request("GET", "/metrics")
+        assert status == 200
+        if pid is not None:
+            scraped[pid] = sum(
+                sample.value
+                for family in text_string_to_metric_families(text.decode())
+                for sample in family.samples
+                if sample.name == "contactmatch_http_requests_total"
+                and sample.labels["endpoint"] == "settings"
+            )
+    assert scraped == dict.fromkeys(scraped, 4 * WRITES)
+    assert len(scraped) == 2
+
     # SIGINT (Ctrl-C) stops the parent and its workers cleanly.
     assert serve.stop(signal.SIGINT) == 0
     assert "Traceback" not in serve.stderr()

@@ -79,8 +79,12 @@ class ServerKey:
         self._key_id = key_id_for(self._pk, self._mode)
 
     @classmethod
-    def generate(cls, mode: Mode = Mode.VOPRF) -> ServerKey:
-        """A fresh key from libsodium's CSPRNG."""
+    def generate(cls, mode: Mode = Mode.OPRF) -> ServerKey:
+        """A fresh key from libsodium's CSPRNG.
+
+        OPRF by default, like ``contactmatch keygen``: the default schemes (``oprf+filter``,
+        ``oprf+bucket``) are OPRF ones, and a key must serve its schemes' mode.
+        """
         return cls(_r255.random_scalar(), mode)
 
     @classmethod

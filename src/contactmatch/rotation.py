@@ -10,6 +10,7 @@ data-key rotation. Numbers exist in clear only in memory, one batch at a time.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -24,6 +25,7 @@ from contactmatch.stores.base import check_int, check_key_id
 __all__ = ["RekeyOutcome", "RotationReport", "rekey_records", "rotate", "rotate_url"]
 
 TokenFn = Callable[[Sequence[str]], Sequence[bytes]]
+logger = logging.getLogger("contactmatch.rotation")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -139,6 +141,8 @@ def rotate(
     size = check_int(batch_size, "batch_size", 1, 100_000)
     checkpoint = f"rotate:{kid}"
     rekeyed = skipped = passes = 0
+    # Key ids are public (they travel with every evaluation); the key never reaches a log.
+    logger.info("rotation to OPRF key id %s started", kid)
     while passes < max_passes:
         passes += 1
         total = store.count_users()
@@ -156,9 +160,19 @@ def rotate(
             if progress is not None:
                 progress(seen, total)
         store.set_checkpoint(checkpoint, None)
+        logger.info("rotation pass %d: %d of %d users rekeyed", passes, touched, total)
         if touched == 0:
             break
     purged = store.purge_contacts(kid) if purge_contacts else 0
+    logger.info(
+        "rotation to OPRF key id %s done: %d rekeyed, %d skipped, %d passes, %d contact "
+        "uploads purged",
+        kid,
+        rekeyed,
+        skipped,
+        passes,
+        purged,
+    )
     return RotationReport(rekeyed=rekeyed, skipped=skipped, passes=passes, contacts_purged=purged)
 
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import logging
 import os
 import secrets
 import time
@@ -39,6 +40,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from contactmatch._urls import redact_url
 from contactmatch.atrest import DataKey
 from contactmatch.bulk._engine import Engine, open_engine
 from contactmatch.bulk._source import Partition, Rejection, read_partitions
@@ -56,6 +58,8 @@ from contactmatch.stores import BaseStore, Discoverability, open_store
 from contactmatch.stores.base import check_int
 
 __all__ = ["ImportReport", "Progress", "import_file"]
+
+logger = logging.getLogger("contactmatch.bulk")
 
 #: ``progress(stage, lines_done, lines_total)``; stage is ``"scan"`` or ``"write"``, and
 #: the total is None while the file is still being read.
@@ -239,6 +243,16 @@ def import_file(
     finally:
         if own_engine:
             eng.close()
+    logger.info(
+        "import %s into %s: %d lines, %d imported, %d rejected, %d partitions on %d workers",
+        import_id,
+        redact_url(store_url),
+        total,
+        w.written,
+        sum(w.counts.values()),
+        len(metas),
+        eng.workers,
+    )
     return ImportReport(
         import_id=import_id,
         lines=total,

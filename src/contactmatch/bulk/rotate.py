@@ -12,11 +12,13 @@ which a rekey makes harmless. Passes repeat until one finds nothing to do.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 
+from contactmatch._urls import redact_url
 from contactmatch.atrest import DataKey
 from contactmatch.bulk._engine import Engine, open_engine
 from contactmatch.bulk._tasks import RekeySpec, Target, rekey_page
@@ -26,6 +28,8 @@ from contactmatch.stores import BaseStore, open_store
 from contactmatch.stores.base import check_int
 
 __all__ = ["ClusterRotation", "rotate_on_cluster"]
+
+logger = logging.getLogger("contactmatch.bulk")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -140,6 +144,18 @@ def rotate_on_cluster(
         if own:
             eng.close()
     report = RotationReport(rekeyed=rekeyed, skipped=skipped, passes=passes, contacts_purged=purged)
+    # Key ids are public; the store URL is printed without its password.
+    logger.info(
+        "rotation of %s to OPRF key id %s on %d workers: %d rekeyed, %d skipped, %d passes, "
+        "%d contact uploads purged",
+        redact_url(store_url),
+        kid,
+        eng.workers,
+        rekeyed,
+        skipped,
+        passes,
+        purged,
+    )
     return ClusterRotation(
         report=report,
         workers=eng.workers,

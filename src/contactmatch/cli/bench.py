@@ -1,10 +1,19 @@
-"""``contactmatch bench``: compare scheme pairs on one synthetic workload (a table or JSON)."""
+"""``contactmatch bench``: compare scheme pairs on one synthetic workload (a table or JSON).
+
+``--plot PATH`` also writes the PNG that ``benchmarks/bench_schemes.py`` (``make bench``)
+writes, drawn by the same code (:mod:`contactmatch.lab.plots`, the ``bench`` extra).
+"""
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from contactmatch.cli._args import positive_int
+
+if TYPE_CHECKING:
+    from contactmatch.lab.compare import Comparison
 
 __all__ = ["add_parser", "run"]
 
@@ -26,11 +35,17 @@ def run(args: argparse.Namespace) -> int:
     names = scheme_names() if args.schemes == "all" else args.schemes.split(",")
     for name in names:
         get_scheme(name)  # fail on a typo before building the workload
+    if args.plot is not None:
+        from contactmatch.lab.plots import require_matplotlib
+
+        require_matplotlib()  # fail before the run, not after it
     registered, book = workload(args.registry, args.book)
     with progress_bar("schemes", len(names)) as advance:
         results = list(
             compare(names, registered, book, anonymity=args.anonymity, on_done=lambda: advance(1))
         )
+    if args.plot is not None:
+        _plot(args.plot, results, len(registered), len(book), args.anonymity)
     if args.json:
         write_json(
             {
@@ -55,8 +70,25 @@ def run(args: argparse.Namespace) -> int:
             f"{r.client_cpu * 1000:,.1f}",
             f"{r.server_cpu * 1000:,.1f}",
         )
-    print_table(stdout_console(), table)
+    console = stdout_console()
+    print_table(console, table)
+    if args.plot is not None:
+        console.print(f"Plot written to {args.plot}", markup=False, highlight=False)
     return 0
+
+
+def _plot(path: Path, results: list[Comparison], registry: int, book: int, anonymity: int) -> None:
+    from contactmatch.lab.plots import save_schemes_plot, schemes_title
+
+    rows = [
+        {
+            "scheme": c.report.scheme,
+            "kb_up": c.report.bytes_up / 1024,
+            "kb_down": c.report.bytes_down / 1024,
+        }
+        for c in results
+    ]
+    save_schemes_plot(rows, path, title=schemes_title(registry, book, anonymity))
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -76,4 +108,11 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--anonymity", type=positive_int, default=64, help="target bucket size (64)")
     p.add_argument("--schemes", default="all", help="comma-separated scheme names, or 'all'")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
+    p.add_argument(
+        "--plot",
+        type=Path,
+        metavar="PATH",
+        help="also write the PNG plot of bytes per discovery, as `make bench` does "
+        "(needs the bench extra: pip install 'contactmatch[bench]')",
+    )
     p.set_defaults(handler=run)

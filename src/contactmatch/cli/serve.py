@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import signal
 import sys
 import threading
@@ -23,9 +24,31 @@ from contactmatch.stores import DEFAULT_URL
 if TYPE_CHECKING:
     from contactmatch.server.auth import NumberVerifier
 
-__all__ = ["add_parser", "add_serve_arguments", "serve_command"]
+__all__ = ["ENV_PREFIX", "add_parser", "add_serve_arguments", "env_name", "serve_command"]
 
 _MiB = 1024 * 1024
+#: Every option ``--some-flag`` can also come from ``CONTACTMATCH_SOME_FLAG`` (flags win).
+ENV_PREFIX = "CONTACTMATCH_"
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+class _Repeatable(argparse._AppendAction):
+    """``action="append"`` whose first flag replaces a default from the environment instead
+    of adding to it (flags win over environment variables, also for lists)."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: object,
+        option_string: str | None = None,
+    ) -> None:
+        del parser, option_string  # argparse's signature
+        items = getattr(namespace, self.dest, None)
+        if items is None or items is self.default:
+            items = []
+        setattr(namespace, self.dest, [*items, values])
 
 
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
@@ -59,7 +82,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--scheme",
-        action="append",
+        action=_Repeatable,
         dest="schemes",
         default=None,
         metavar="NAME",
@@ -139,6 +162,94 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         help="DEVELOPMENT ONLY: serve /v1/register and /v1/number without a verifier; they "
         "then reveal whether a number is registered. Logged as a warning",
     )
+    parser.add_argument(
+        "--previous-key",
+        action=_Repeatable,
+        dest="previous_keys",
+        default=None,
+        metavar="PATH",
+        help="during a key rotation: also serve this older key (repeatable), so users not "
+        "yet rekeyed and clients holding old tokens keep working (docs/operations.md)",
+    )
+    parser.add_argument(
+        "--admin-token-file",
+        default=None,
+        metavar="PATH",
+        help="file (mode 0600) holding the operator token of /v1/stats (e.g. openssl rand "
+        "-hex 32); without it /v1/stats answers 403",
+    )
+    parser.add_argument(
+        "--metrics-token-file",
+        default=None,
+        metavar="PATH",
+        help="file (mode 0600) holding the token /metrics then requires (Bearer); without it "
+        "/metrics is open (aggregates only)",
+    )
+    parser.add_argument(
+        "--log-format",
+        choices=["text", "json"],
+        default="text",
+        help="the contactmatch loggers' format: text, or json (one object per line: time, "
+        "level, logger, message) for log shippers; uvicorn's access log keeps its own",
+    )
+    _defaults_from_environment(parser)
+
+
+def env_name(option: str) -> str:
+    """The environment variable of a long option: ``--data-key`` -> ``CONTACTMATCH_DATA_KEY``."""
+    return ENV_PREFIX + option.lstrip("-").replace("-", "_").upper()
+
+
+def _defaults_from_environment(parser: argparse.ArgumentParser) -> None:
+    """Take each option's default from its environment variable, when set.
+
+    Defaults, not values: a flag on the command line still wins. Repeatable options take a
+    comma-separated list; on/off options take 1/0, true/false, yes/no or on/off. A value
+    the option refuses makes the parser exit with the variable's name, like a bad flag.
+    """
+    for action in parser._actions:  # argparse has no public iterator over its options
+        longs = [o for o in action.option_strings if o.startswith("--")]
+        if not longs or action.dest == "help":
+            continue
+        name = env_name(longs[0])
+        raw = os.environ.get(name)
+        if raw is None:
+            continue
+        try:
+            value = _env_value(action, raw)
+        except (ValueError, argparse.ArgumentTypeError) as exc:
+            parser.error(f"{name}: {exc}")
+        action.default = value
+        # A required option set in the environment is given.
+        action.required = False
+
+
+def _env_value(action: argparse.Action, raw: str) -> object:
+    """An environment variable's text as the option's value.
+
+    Raises:
+        ArgumentTypeError, ValueError: the option refuses it (as argparse's converters do).
+    """
+    if isinstance(action, argparse._StoreTrueAction):
+        word = raw.strip().lower()
+        if word not in _TRUE | _FALSE:
+            raise argparse.ArgumentTypeError("expected 1/0, true/false, yes/no or on/off")
+        return word in _TRUE
+    if isinstance(action, argparse._AppendAction):
+        items = [item.strip() for item in raw.split(",") if item.strip()]
+        return [_convert(action, item) for item in items] or None
+    return _convert(action, raw)
+
+
+def _convert(action: argparse.Action, raw: str) -> object:
+    value: object = raw
+    if callable(action.type):
+        value = action.type(raw)
+    if action.choices is not None and value not in action.choices:
+        raise argparse.ArgumentTypeError(
+            f"{raw!r} is not one of {', '.join(map(str, action.choices))}"
+        )
+    return value
 
 
 def _interrupt(signum: int, frame: FrameType | None) -> None:
@@ -225,6 +336,10 @@ def _serve(args: argparse.Namespace) -> None:
         snapshot_every=args.snapshot_every,
         allow_foreign_keys=args.allow_foreign_keys,
         workers=args.workers,
+        previous_key_paths=tuple(args.previous_keys or ()),
+        admin_token_file=args.admin_token_file,
+        metrics_token_file=args.metrics_token_file,
+        log_format=args.log_format,
     )
 
 

@@ -226,7 +226,15 @@ class RegistryFollower:
             rows, end = settled
             if end == self.seq:
                 return 0, 0
-            return self._apply(rows, end)
+            upserted, removed = self._apply(rows, end)
+            if upserted or removed:
+                logger.info(
+                    "registry refresh: %d users upserted, %d removed (feed at %d)",
+                    upserted,
+                    removed,
+                    end,
+                )
+            return upserted, removed
 
     def wrote(self, records: Sequence[UserRecord], before: int) -> None:
         """Take in this process's own write of ``records`` without reading them back.

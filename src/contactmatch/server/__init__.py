@@ -1,13 +1,13 @@
 """The HTTP API: a Starlette app (``[server]`` extra), its Python client (``[client]`` extra:
-httpx only), and uvicorn.
+httpx and stamina), and uvicorn.
 
 >>> from contactmatch.server import HttpClient, ServerThread, SignedTokens, create_app
 
 Importing this package costs nothing and needs no extra: each name loads its module on first
 use (PEP 562), after checking that the extra it needs is installed, so a missing one is a
 :class:`~contactmatch.errors.MissingDependency` naming the ``pip install`` that fixes it.
-The client therefore works where only httpx is installed, and the command line builds its
-``serve`` options without paying for Starlette.
+The client therefore works where only httpx and stamina are installed, and the command
+line builds its ``serve`` options without paying for Starlette.
 """
 
 from __future__ import annotations
@@ -22,7 +22,12 @@ from contactmatch.errors import MissingDependency
 if TYPE_CHECKING:
     from contactmatch.errors import ApiError
     from contactmatch.server.app import create_app
-    from contactmatch.server.auth import Authenticator, SignedTokens, derive_token_secret
+    from contactmatch.server.auth import (
+        Authenticator,
+        SignedTokens,
+        StaticToken,
+        derive_token_secret,
+    )
     from contactmatch.server.client import HttpClient
 
     HttpServer = HttpClient  # deprecated alias: at run time __getattr__ warns
@@ -34,13 +39,17 @@ __all__ = [
     "HttpClient",
     "ServerThread",
     "SignedTokens",
+    "StaticToken",
     "create_app",
     "derive_token_secret",
     "run",
 ]
 
 #: What each extra brings that this package imports (pyproject.toml's optional dependencies).
-_EXTRAS = {"client": ("httpx",), "server": ("starlette", "pydantic", "uvicorn")}
+_EXTRAS = {
+    "client": ("httpx", "stamina"),
+    "server": ("starlette", "pydantic", "uvicorn", "prometheus_client"),
+}
 #: Each exported name: its module and the extra it needs (None: the core library only).
 _HOME: dict[str, tuple[str, str | None]] = {
     "ApiError": ("contactmatch.errors", None),
@@ -48,6 +57,7 @@ _HOME: dict[str, tuple[str, str | None]] = {
     "HttpClient": ("contactmatch.server.client", "client"),
     "ServerThread": ("contactmatch.server.serve", "server"),
     "SignedTokens": ("contactmatch.server.auth", None),
+    "StaticToken": ("contactmatch.server.auth", None),
     "create_app": ("contactmatch.server.app", "server"),
     "derive_token_secret": ("contactmatch.server.auth", None),
     "run": ("contactmatch.server.serve", "server"),

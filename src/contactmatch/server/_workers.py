@@ -40,7 +40,7 @@ import socket
 import sys
 import tempfile
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -50,6 +50,7 @@ from contactmatch.errors import ContactMatchError, InvalidInput
 from contactmatch.server.serve import (
     _notice_no_verifier,
     build_server,
+    configure_logging,
     limits_from_json,
     limits_to_json,
     load_callable,
@@ -65,6 +66,9 @@ __all__ = ["CONFIG_ENV", "WorkerConfig", "app_from_environment", "serve_workers"
 
 #: Environment variable naming the worker configuration file (set by the parent only).
 CONFIG_ENV = "CONTACTMATCH_SERVE_CONFIG"
+#: prometheus_client's multiprocess switch (``contactmatch.server.metrics.MULTIPROC_ENV``;
+#: not imported from there, which would import prometheus_client too early).
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 _CONFIG_NAME = "worker.json"
 #: A worker that cannot start appends its error here, next to the configuration file.
 _FAILED_NAME = "failed"
@@ -122,6 +126,17 @@ class WorkerConfig:
     allow_foreign_keys: bool
     #: Threads each worker evaluates one OPRF batch on.
     oprf_threads: int
+    #: Key files served beside ``key_path`` during a rotation (paths, never key bytes).
+    previous_key_paths: list[str]
+    #: Files holding the operator tokens of ``/v1/stats`` and ``/metrics`` (paths only).
+    admin_token_file: str | None
+    metrics_token_file: str | None
+    #: ``text`` / ``json``: how each worker configures the ``contactmatch`` loggers.
+    log_format: str | None
+    #: prometheus_client's multiprocess directory, private to this run (set by
+    #: :func:`serve_workers`); every worker writes its values there, any worker's scrape
+    #: adds them up.
+    metrics_dir: str | None = None
 
     @classmethod
     def build(
@@ -142,6 +157,10 @@ class WorkerConfig:
         snapshot_every: float,
         allow_foreign_keys: bool,
         workers: int,
+        previous_key_paths: Sequence[str] = (),
+        admin_token_file: str | None = None,
+        metrics_token_file: str | None = None,
+        log_format: str | None = None,
     ) -> WorkerConfig:
         """The configuration of ``workers`` workers serving these options.
 
@@ -181,6 +200,10 @@ class WorkerConfig:
             # N workers each splitting every batch over all cores would run N × cores
             # threads on the cores: more switching, no more throughput.
             oprf_threads=max(1, available_cores() // workers),
+            previous_key_paths=[str(p) for p in previous_key_paths],
+            admin_token_file=None if admin_token_file is None else str(admin_token_file),
+            metrics_token_file=None if metrics_token_file is None else str(metrics_token_file),
+            log_format=log_format,
         )
 
     def settings(self) -> ServiceSettings:
@@ -221,11 +244,15 @@ class WorkerConfig:
             settings=self.settings(),
             snapshot_dir=self.snapshot_dir,
             allow_foreign_keys=self.allow_foreign_keys,
+            previous_key_paths=self.previous_key_paths,
         )
 
 
-def _closing_store(app: Starlette, server: DiscoveryServer) -> Starlette:
-    """Close the worker's store when the app's lifespan ends (after the final snapshot).
+def _closing_store(
+    app: Starlette, server: DiscoveryServer, metrics_dir: str | None = None
+) -> Starlette:
+    """Close the worker's store when the app's lifespan ends (after the final snapshot),
+    and retire its live gauges from the multiprocess metrics directory.
 
     uvicorn ends a worker that stopped on a signal by re-raising that signal under the
     default handler, so code after the server loop never runs; the lifespan's end does.
@@ -239,6 +266,10 @@ def _closing_store(app: Starlette, server: DiscoveryServer) -> Starlette:
                 yield state
         finally:
             server.store.close()
+            if metrics_dir is not None:
+                from prometheus_client import multiprocess
+
+                multiprocess.mark_process_dead(os.getpid(), metrics_dir)  # type: ignore[no-untyped-call]
 
     app.router.lifespan_context = lifespan
     return app
@@ -247,6 +278,7 @@ def _closing_store(app: Starlette, server: DiscoveryServer) -> Starlette:
 def _build_app(config: WorkerConfig) -> Starlette:
     from contactmatch.server.app import create_app
     from contactmatch.server.auth import SignedTokens
+    from contactmatch.server.serve import log_startup, operator_token
 
     server = config.server()
     try:
@@ -255,7 +287,11 @@ def _build_app(config: WorkerConfig) -> Starlette:
             if config.authenticate
             else SignedTokens.from_server_key(server.keys.current, config.token_ttl)
         )
-        admin = cast("Authenticator", load_callable(config.admin)) if config.admin else None
+        admin = (
+            cast("Authenticator", load_callable(config.admin))
+            if config.admin
+            else operator_token(config.admin_token_file, "admin")
+        )
         verify = (
             cast("NumberVerifier", load_callable(config.verify_number))
             if config.verify_number
@@ -270,11 +306,13 @@ def _build_app(config: WorkerConfig) -> Starlette:
             verify_number=verify,
             allow_unverified_numbers=config.allow_unverified_numbers,
             snapshot_every=config.snapshot_every if config.snapshot_dir else 0.0,
+            metrics_auth=operator_token(config.metrics_token_file, "metrics"),
         )
+        log_startup(server, config.store_url)
     except BaseException:
         server.store.close()
         raise
-    return _closing_store(app, server)
+    return _closing_store(app, server, config.metrics_dir)
 
 
 def app_from_environment() -> Starlette:
@@ -292,7 +330,13 @@ def app_from_environment() -> Starlette:
         sys.exit(_STARTUP_FAILURE)
     path = Path(where)
     try:
-        return _build_app(WorkerConfig.loads(path.read_bytes()))
+        config = WorkerConfig.loads(path.read_bytes())
+        if config.log_format is not None:
+            configure_logging(config.log_format)
+        if config.metrics_dir is not None:
+            # Before prometheus_client is first imported: it picks its value store then.
+            os.environ[MULTIPROC_ENV] = config.metrics_dir
+        return _build_app(config)
     except Exception as exc:  # any failure ends the worker; its cause goes to the parent
         _report_failure(path.parent / _FAILED_NAME, f"{type(exc).__name__}: {exc}")
         sys.exit(_STARTUP_FAILURE)
@@ -365,6 +409,9 @@ def serve_workers(config: WorkerConfig, *, host: str, port: int, workers: int) -
         _notice_no_verifier()
     run_dir = Path(tempfile.mkdtemp(prefix="contactmatch-serve-"))  # mode 0700
     try:
+        metrics_dir = run_dir / "metrics"
+        metrics_dir.mkdir(mode=0o700)
+        config = dataclasses.replace(config, metrics_dir=str(metrics_dir))
         path = run_dir / _CONFIG_NAME
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as f:

@@ -6,13 +6,16 @@ through the injected :data:`~contactmatch.server.auth.Authenticator`, reads the 
 size cap and validates it before the handler runs. Errors are JSON
 ``{"error": {"code", "message"}}`` with the stable codes of :mod:`contactmatch.server._codes`.
 The OpenAPI document is generated from the entries actually mounted, so it cannot list a
-route the app does not serve, nor miss one.
+route the app does not serve, nor miss one. Every app has its own metrics
+(:mod:`contactmatch.server.metrics`), fed by the route wrapper and the service's observer hook,
+and serves ``/healthz``, ``/readyz`` and ``/metrics`` (:mod:`contactmatch.server.health`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from collections.abc import AsyncIterator, Callable
 
@@ -25,6 +28,7 @@ from starlette.routing import Route
 
 from contactmatch.errors import InvalidInput
 from contactmatch.server.auth import Authenticator, NumberVerifier
+from contactmatch.server.metrics import Metrics
 from contactmatch.server.openapi import openapi_document
 from contactmatch.server.routes import ENDPOINTS, PATH_PARAMETERS
 from contactmatch.server.routing import MAX_JSON_BODY, Context, asgi_endpoint
@@ -59,6 +63,7 @@ def create_app(
     allow_unverified_numbers: bool = False,
     expire_every: float = 3600.0,
     snapshot_every: float = 0.0,
+    metrics_auth: Authenticator | None = None,
 ) -> Starlette:
     """Build the ASGI app serving ``server`` over HTTP.
 
@@ -86,6 +91,9 @@ def create_app(
             outlives an account; 0 turns them off (run ``contactmatch vacuum`` instead).
         snapshot_every: seconds between registry snapshot writes
             (:meth:`DiscoveryServer.save_snapshot`), and one more at shutdown; 0: none.
+        metrics_auth: authenticates scrapers of ``/metrics`` (e.g. :class:`StaticToken`);
+            without it the endpoint is open, like ``/healthz``: it holds aggregates only,
+            but a deployment that exposes the port publicly should protect it.
 
     Returns:
         A Starlette application (run it with uvicorn, or :class:`ServerThread` in tests).
@@ -104,7 +112,15 @@ def create_app(
             "possession; they answer whether a number is registered (an enumeration oracle, "
             "metered) and let any token claim any free number. Never expose this server."
         )
-    endpoints = [ep for ep in ENDPOINTS if numbers or not ep.claims_number]
+    endpoints = [
+        dataclasses.replace(ep, auth="metrics")
+        if ep.name == "metrics" and metrics_auth is not None
+        else ep
+        for ep in ENDPOINTS
+        if numbers or not ep.claims_number
+    ]
+    metrics = Metrics(server)
+    server.observer = metrics.observe_discovery
     ctx = Context(
         server=server,
         authenticate=authenticate,
@@ -112,6 +128,8 @@ def create_app(
         verify_number=verify_number,
         max_body=max_body,
         openapi=openapi_document(endpoints, PATH_PARAMETERS),
+        metrics=metrics,
+        metrics_auth=metrics_auth,
     )
     routes = [Route(ep.path, asgi_endpoint(ep, ctx), methods=[ep.method]) for ep in endpoints]
 

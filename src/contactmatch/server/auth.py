@@ -21,7 +21,13 @@ from contactmatch.errors import AuthenticationFailed, InvalidInput, InvalidKey
 from contactmatch.keys import ServerKey
 from contactmatch.service import NumberVerifier
 
-__all__ = ["Authenticator", "NumberVerifier", "SignedTokens", "derive_token_secret"]
+__all__ = [
+    "Authenticator",
+    "NumberVerifier",
+    "SignedTokens",
+    "StaticToken",
+    "derive_token_secret",
+]
 
 #: Maps a bearer token to the user id it authenticates; raises AuthenticationFailed otherwise.
 Authenticator = Callable[[str], str]
@@ -191,3 +197,59 @@ class SignedTokens:
         return user_id
 
     __call__ = verify
+
+
+class StaticToken:
+    """One operator token read from a file: the authenticator of ``/v1/stats`` and
+    ``/metrics`` for ``serve --admin-token-file`` / ``--metrics-token-file``.
+
+    An instance is an :data:`Authenticator`; every caller holding the token is ``operator``.
+    The comparison is constant-time (``hmac.compare_digest`` over the token's SHA-256), so
+    the time an answer takes says nothing about how much of a guess was right.
+
+    Args:
+        token: the secret, at least 16 characters (e.g. ``openssl rand -hex 32``).
+        operator: the id the token authenticates (handlers see it as the caller).
+
+    Raises:
+        InvalidKey: the token is too short.
+    """
+
+    __slots__ = ("_digest", "operator")
+
+    def __init__(self, token: str, *, operator: str = "operator") -> None:
+        token = token.strip()
+        if len(token) < _MIN_SECRET:
+            raise InvalidKey(f"an operator token needs at least {_MIN_SECRET} characters")
+        self._digest = hashlib.sha256(token.encode("utf-8")).digest()
+        self.operator = operator
+
+    @classmethod
+    def from_file(cls, path: str, *, operator: str = "operator") -> StaticToken:
+        """Read the token from ``path`` (mode 0600, not a symlink; surrounding space ignored).
+
+        Raises:
+            InvalidKey: the file is missing, unsafe, not UTF-8 text or holds too short a token.
+        """
+        from contactmatch._secretfile import read_secret_file
+
+        try:
+            raw = read_secret_file(path)
+        except FileNotFoundError:
+            raise InvalidKey(f"no token file {path!r}") from None
+        except OSError as exc:
+            raise InvalidKey(f"cannot read token file {path!r} ({exc.strerror})") from None
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise InvalidKey(f"token file {path!r} is not UTF-8 text") from None
+        return cls(text, operator=operator)
+
+    def __repr__(self) -> str:
+        return f"<StaticToken operator={self.operator!r}>"
+
+    def __call__(self, token: str) -> str:
+        digest = hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
+        if not hmac.compare_digest(digest, self._digest):
+            raise AuthenticationFailed("invalid token")
+        return self.operator

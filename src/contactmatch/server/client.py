@@ -11,13 +11,21 @@ unchanged over HTTP::
 
 or, in one call that also keeps the filter up to date with deltas, ``http.sync(contacts)``.
 
-This module needs httpx only (``pip install 'contactmatch[client]'``): an app or a test
-harness talking to a server does not install Starlette, uvicorn or pydantic.
+Calls are retried, a bounded number of times, when the server says so: a ``429`` with a
+``Retry-After`` header on any call (the rate limiter refuses before any work is done, so the
+request had no effect), and a ``503`` on the idempotent reads only (``GET``: ``schemes``,
+``info``, ``published_filter``, ``stats`` and the filter fetches of ``sync``); a ``503`` on a
+write or a discovery may come after work was done, so it is raised at once. See
+:class:`HttpClient` for the bounds and how to turn retries off.
+
+This module needs httpx and stamina only (``pip install 'contactmatch[client]'``): an app or
+a test harness talking to a server does not install Starlette, uvicorn or pydantic.
 """
 
 from __future__ import annotations
 
 import json
+import random
 import warnings
 from collections.abc import Iterable, Mapping
 from types import TracebackType
@@ -30,6 +38,7 @@ from contactmatch.errors import (
     InvalidInput,
     MalformedMessage,
     MissingDependency,
+    RateLimited,
     StoreUnavailable,
 )
 from contactmatch.filters import Filter, load_filter
@@ -42,10 +51,70 @@ try:
     import httpx
 except ImportError as exc:  # name the extra that fixes it, as every optional import does
     raise MissingDependency("client", "httpx") from exc
+try:
+    import stamina
+except ImportError as exc:
+    raise MissingDependency("client", "stamina") from exc
 
 __all__ = ["HttpClient"]
 
 Contacts = Iterable[str] | Iterable[Mapping[str, Any]] | str | bytes
+
+
+#: Backoff of a 503 that states no ``Retry-After``: 0.2 s, 0.4 s, ... up to 5 s, plus jitter.
+_BACKOFF_INITIAL = 0.2
+_BACKOFF_MAX = 5.0
+#: Up to this many seconds are added to every wait, so clients refused together do not all
+#: come back in the same instant (never subtracted: a stated ``Retry-After`` is a minimum).
+_JITTER = 0.5
+
+
+def _retry_after(resp: httpx.Response) -> float | None:
+    """The ``Retry-After`` of a response in seconds, or None when absent or a date.
+
+    Only the delay-seconds form is read (the server sends whole seconds); an HTTP-date, which
+    would need a clock shared with the server, counts as absent.
+    """
+    value = resp.headers.get("Retry-After", "").strip()
+    if not value.isdigit() or len(value) > 9:  # isdigit: no sign, no exponent, no "nan"
+        return None
+    return float(value)
+
+
+class _Retry:
+    """The retry decision of one call: which answers to retry, and how long to wait.
+
+    It is the backoff hook of :func:`stamina.retry_context`, which runs the attempts; the
+    waits are decided here, so that a ``Retry-After`` is honoured and the total is bounded.
+    """
+
+    __slots__ = ("budget", "idempotent", "response", "retries")
+
+    def __init__(self, *, idempotent: bool, budget: float) -> None:
+        self.idempotent = idempotent
+        self.budget = budget  # seconds this call may still spend waiting
+        self.response: httpx.Response | None = None  # the last error response
+        self.retries = 0
+
+    def __call__(self, exc: Exception) -> bool | float:
+        resp = self.response
+        if resp is None:  # a transport failure: no answer at all, so nothing says "retry"
+            return False
+        stated = _retry_after(resp)
+        if resp.status_code == 429 and isinstance(exc, RateLimited):
+            if stated is None:  # a 429 that does not say when (a proxy's, say): raise it
+                return False
+        elif not (resp.status_code == 503 and self.idempotent):
+            return False
+        self.retries += 1
+        if stated is None:
+            stated = min(_BACKOFF_MAX, _BACKOFF_INITIAL * 2 ** (self.retries - 1))
+        if stated > self.budget:
+            return False  # sleeping less than stated would only earn another refusal
+        wait = stated + random.uniform(0.0, min(_JITTER, self.budget - stated))  # noqa: S311
+        self.budget -= wait
+        self.response = None
+        return wait
 
 
 def _scheme_path(scheme: str) -> str:
@@ -61,9 +130,19 @@ class HttpClient:
         token: bearer token of the user (or admin) this client acts for.
         transport: an httpx transport (``httpx.MockTransport`` in tests, or a custom one).
         timeout: seconds to wait for the server per request.
+        retries: how many times one call may be sent again after a ``429`` with
+            ``Retry-After`` (any call) or a ``503`` (reads only); 0 or None turns retries off.
+        retry_wait: the most seconds one call spends waiting between its attempts, in all. A
+            ``Retry-After`` longer than what is left is not waited for: the error is raised
+            at once, with its ``retry_after``.
 
     Errors come back as the exceptions the in-process server raises (``RateLimited`` with
     ``retry_after``, ``UnknownKeyId``, ...); an unreachable server is ``StoreUnavailable``.
+    The error of the last attempt is the one raised when the retries are used up.
+
+    Retries run under :mod:`stamina`, so its switches apply: ``stamina.set_active(False)``
+    turns them off process-wide and ``stamina.set_testing(True)`` makes them instant in tests;
+    its instrumentation (logging, Prometheus, structlog) sees each retry.
     """
 
     def __init__(
@@ -73,9 +152,17 @@ class HttpClient:
         *,
         transport: httpx.BaseTransport | None = None,
         timeout: float = 30.0,
+        retries: int | None = 3,
+        retry_wait: float = 30.0,
     ) -> None:
+        if retries is not None and retries < 0:
+            raise InvalidInput("retries must be 0 or more (or None for no retries)")
+        if not retry_wait >= 0:  # also refuses NaN
+            raise InvalidInput("retry_wait must be 0 or more seconds")
         self.base_url = base_url.rstrip("/")
         self.token = token
+        self.retries = retries or 0
+        self.retry_wait = float(retry_wait)
         self._http = httpx.Client(base_url=self.base_url, transport=transport, timeout=timeout)
         self._filters: dict[str, Filter] = {}
         self._caches: dict[str, dict[tuple[str, str], bytes]] = {}
@@ -114,7 +201,7 @@ class HttpClient:
         params: Mapping[str, int] | None = None,
         headers: Mapping[str, str] | None = None,
     ) -> httpx.Response:
-        """Send one request; map transport failures and error responses to library errors."""
+        """Send one request, retried as the class says; errors become library errors."""
         hdrs = dict(headers or {})
         if auth:
             if not self.token:
@@ -126,19 +213,42 @@ class HttpClient:
             content, media = json.dumps(body).encode(), JSON
         if media is not None:
             hdrs["Content-Type"] = media
+        request = self._http.build_request(
+            method, path, content=content, params=params, headers=hdrs
+        )
+        if not self.retries:
+            return self._checked(self._send(request))
+        retry = _Retry(idempotent=method == "GET", budget=self.retry_wait)
+        attempts = stamina.retry_context(
+            on=retry, attempts=self.retries + 1, timeout=None, wait_jitter=0.0
+        )
+        for attempt in attempts:
+            with attempt:
+                resp = self._send(request)
+                if resp.status_code >= 400:
+                    retry.response = resp
+                return self._checked(resp)
+        raise AssertionError("unreachable: stamina re-raises the last error")  # pragma: no cover
+
+    def _send(self, request: httpx.Request) -> httpx.Response:
+        """One attempt; a transport failure is ``StoreUnavailable``."""
         try:
-            resp = self._http.request(method, path, content=content, params=params, headers=hdrs)
+            return self._http.send(request)
         except httpx.TimeoutException as exc:
             raise StoreUnavailable("the discovery server did not answer in time") from exc
         except httpx.TransportError as exc:
             raise StoreUnavailable("cannot reach the discovery server") from exc
-        if resp.status_code >= 400:
-            try:
-                payload: Any = resp.json()
-            except ValueError:
-                payload = None
-            raise exception_for(resp.status_code, payload)
-        return resp
+
+    @staticmethod
+    def _checked(resp: httpx.Response) -> httpx.Response:
+        """The response itself, or its error as the library's typed exception."""
+        if resp.status_code < 400:
+            return resp
+        try:
+            payload: Any = resp.json()
+        except ValueError:
+            payload = None
+        raise exception_for(resp.status_code, payload)
 
     def _json(self, resp: httpx.Response) -> Any:
         try:

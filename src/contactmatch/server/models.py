@@ -179,6 +179,26 @@ class SettingsAnswer(_Answer):
     discoverability: Discoverability
 
 
+class HealthAnswer(_Answer):
+    """``GET /healthz``: the process answers (nothing else is checked)."""
+
+    status: Literal["ok"]
+
+
+class ReadyAnswer(_Answer):
+    """``GET /readyz``: the store answered, the keys and the registry are loaded.
+
+    Counts and positions only: no key id, user id or number.
+    """
+
+    status: Literal["ready"]
+    keys: int = Field(description="OPRF keys served (more than one during a rotation)")
+    users: int = Field(description="users in the served registry")
+    feed_sequence: int = Field(description="store change-feed position the registry reflects")
+    feed_lag: int = Field(description="changes in the store's feed not applied yet")
+    started_from: Literal["snapshot", "store"]
+
+
 class StatsAnswer(RootModel[dict[str, int]]):
     """``GET /v1/stats``: aggregate counters (never per user)."""
 

@@ -28,13 +28,16 @@ from contactmatch.schemes.wire import (
     decode,
 )
 from contactmatch.server._codes import BINARY, JSON
+from contactmatch.server.health import healthz, metrics, readyz
 from contactmatch.server.models import (
     WIRE_JSON,
     ClaimAnswer,
     FilterQuery,
+    HealthAnswer,
     KeptAnswer,
     NumberBody,
     OpenApiAnswer,
+    ReadyAnswer,
     RegisterBody,
     SchemesAnswer,
     ServerInfoAnswer,
@@ -323,6 +326,41 @@ ENDPOINTS: tuple[Endpoint[Any, Any], ...] = (
         handler=stats,
         answer=Answer(content={JSON: (StatsAnswer,)}),
         errors=(401, 403),
+    ),
+    Endpoint(
+        method="GET",
+        path="/healthz",
+        name="healthz",
+        summary="Liveness: the process answers (nothing else is checked)",
+        auth="none",
+        query=NO_QUERY,
+        body=NO_BODY,
+        handler=healthz,
+        answer=Answer(content={JSON: (HealthAnswer,)}),
+    ),
+    Endpoint(
+        method="GET",
+        path="/readyz",
+        name="readyz",
+        summary="Readiness: the store answers, keys and registry are loaded (503 otherwise)",
+        auth="none",
+        query=NO_QUERY,
+        body=NO_BODY,
+        handler=readyz,
+        answer=Answer(content={JSON: (ReadyAnswer,)}),
+    ),
+    Endpoint(
+        method="GET",
+        path="/metrics",
+        name="metrics",
+        summary="Aggregate metrics in the Prometheus text format (a token when the server "
+        "has one: serve --metrics-token-file)",
+        # create_app makes it "metrics" when a metrics token is configured.
+        auth="none",
+        query=NO_QUERY,
+        body=NO_BODY,
+        handler=metrics,
+        answer=Answer(content={"text/plain": ()}, description="Prometheus text format 0.0.4"),
     ),
     Endpoint(
         method="GET",

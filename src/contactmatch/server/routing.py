@@ -19,7 +19,7 @@ import logging
 import traceback
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Generic, Literal, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Literal, Protocol, TypeVar
 from urllib.parse import unquote
 
 from pydantic import BaseModel
@@ -27,12 +27,21 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
-from contactmatch.errors import ApiError, AuthenticationFailed, InvalidInput, UnknownUser
+from contactmatch.errors import (
+    ApiError,
+    AuthenticationFailed,
+    InvalidInput,
+    RateLimited,
+    UnknownUser,
+)
 from contactmatch.schemes.wire import Message, decode_json
 from contactmatch.server._codes import BINARY, JSON, USER_HEADER, error_body
 from contactmatch.server.auth import Authenticator, NumberVerifier
 from contactmatch.server.models import WIRE_JSON, parse_body, validate
 from contactmatch.service import DiscoveryServer
+
+if TYPE_CHECKING:
+    from contactmatch.server.metrics import Metrics
 
 __all__ = [
     "MAX_JSON_BODY",
@@ -58,8 +67,9 @@ MAX_JSON_BODY = 64 * 1024
 
 logger = logging.getLogger("contactmatch.server")
 
-#: Who may call: anyone, a user (bearer token -> user id), or an operator (admin token).
-Auth = Literal["none", "user", "admin"]
+#: Who may call: anyone, a user (bearer token -> user id), an operator (admin token), or a
+#: metrics scraper (the metrics token).
+Auth = Literal["none", "user", "admin", "metrics"]
 B = TypeVar("B")
 Q = TypeVar("Q")
 B_co = TypeVar("B_co", covariant=True)
@@ -78,6 +88,10 @@ class Context:
     max_body: int
     #: The OpenAPI document of the routes mounted with this context.
     openapi: dict[str, Any] = field(default_factory=dict)
+    #: The app's metrics (None: nothing is counted).
+    metrics: Metrics | None = None
+    #: Authenticates scrapers of ``/metrics`` when it is protected (``auth="metrics"``).
+    metrics_auth: Authenticator | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,21 +262,32 @@ def asgi_endpoint(ep: Endpoint[B, Q], ctx: Context) -> Callable[[Request], Await
 
     async def endpoint(request: Request) -> Response:
         request.scope["route_path"] = ep.path
+        quota: str | None = None
         try:
-            user = await _caller(ep.auth, request, ctx)
-            query = ep.query.read(request)
-            body = await ep.body.read(request, ctx)
-            call = Call(request=request, user=user, body=body, query=query)
-            try:
-                return await ep.handler(ctx, call)
-            except UnknownUser:
-                if ep.auth != "user":
-                    raise
-                # Acting on one's own account needs a live one: a never-registered or
-                # deleted account's token authenticates nothing here.
-                raise AuthenticationFailed("the token's account is not registered") from None
+            response = await answer(request)
+        except RateLimited as exc:
+            quota = exc.quota
+            response = error_response(exc, request)
         except Exception as exc:  # every failure becomes a JSON error
-            return error_response(exc, request)
+            response = error_response(exc, request)
+        if ctx.metrics is not None:
+            ctx.metrics.observe_request(ep.name, response.status_code, quota)
+        logger.debug("%s %s -> %d", ep.method, ep.path, response.status_code)
+        return response
+
+    async def answer(request: Request) -> Response:
+        user = await _caller(ep.auth, request, ctx)
+        query = ep.query.read(request)
+        body = await ep.body.read(request, ctx)
+        call = Call(request=request, user=user, body=body, query=query)
+        try:
+            return await ep.handler(ctx, call)
+        except UnknownUser:
+            if ep.auth != "user":
+                raise
+            # Acting on one's own account needs a live one: a never-registered or
+            # deleted account's token authenticates nothing here.
+            raise AuthenticationFailed("the token's account is not registered") from None
 
     endpoint.__name__ = ep.name
     return endpoint
@@ -281,6 +306,10 @@ async def _caller(auth: Auth, request: Request, ctx: Context) -> str:
         if ctx.admin is None:
             raise ApiError(403, "forbidden", "this server has no admin authenticator")
         check = ctx.admin
+    elif auth == "metrics":
+        if ctx.metrics_auth is None:
+            raise ApiError(403, "forbidden", "this server has no metrics authenticator")
+        check = ctx.metrics_auth
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
     token = token.strip()
     if scheme.lower() != "bearer" or not token:

@@ -10,7 +10,10 @@ processes on one port; each builds its own app from a key-free configuration (se
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import json
+import logging
 import sys
 import threading
 import time
@@ -20,6 +23,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal
 
 from contactmatch._json import load_json
+from contactmatch._urls import redact_url
 from contactmatch.errors import InvalidInput, InvalidKey
 from contactmatch.ratelimit import Quota, RateLimits
 
@@ -32,16 +36,25 @@ if TYPE_CHECKING:
     from contactmatch.service import DiscoveryServer, ServiceSettings
 
 __all__ = [
+    "LOG_FORMATS",
     "WORKER_REFRESH_EVERY",
+    "JsonLogFormatter",
     "ServerThread",
     "build_server",
+    "configure_logging",
     "limits_from_json",
     "limits_to_json",
     "load_callable",
     "load_limits",
     "load_or_create_data_key",
+    "log_startup",
+    "operator_token",
     "run",
 ]
+
+logger = logging.getLogger("contactmatch.server")
+#: ``serve --log-format``: ``text`` for people, ``json`` (one object per line) for shippers.
+LOG_FORMATS = ("text", "json")
 
 _MiB = 1024 * 1024
 #: Refresh interval of worker processes when none is given: the workers of one server are
@@ -84,6 +97,88 @@ def load_or_create_data_key(path: str | Path, *, store_key_ids: Sequence[str] = 
                 "apart from the database: without it the stored numbers cannot be read\n"
             )
     return DataKey.load(p)
+
+
+class JsonLogFormatter(logging.Formatter):
+    """One JSON object per line: ``time`` (UTC, ISO 8601), ``level``, ``logger``, ``message``.
+
+    An exception adds its type only (``exception``): a traceback's text can quote the
+    values being processed, numbers and tokens included.
+    """
+
+    def format(self, record: logging.LogRecord) -> str:
+        when = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+        entry = {
+            "time": f"{when}.{int(record.msecs):03d}Z",
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info and record.exc_info[0] is not None:
+            entry["exception"] = record.exc_info[0].__name__
+        return json.dumps(entry, ensure_ascii=False)
+
+
+def configure_logging(log_format: str = "text", level: int = logging.INFO) -> Callable[[], None]:
+    """Send the ``contactmatch.*`` loggers to stderr in ``log_format`` (``serve`` and its
+    workers call it; a host application configures logging its own way instead).
+
+    uvicorn's own loggers are left alone, so its access log keeps its standard format.
+
+    Returns:
+        A function that undoes it (removes the handler, restores the level).
+
+    Raises:
+        InvalidInput: an unknown format.
+    """
+    if log_format not in LOG_FORMATS:
+        raise InvalidInput(f"unknown log format {log_format!r} (known: {', '.join(LOG_FORMATS)})")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        JsonLogFormatter()
+        if log_format == "json"
+        else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    )
+    root = logging.getLogger("contactmatch")
+    previous = root.level
+    root.addHandler(handler)
+    root.setLevel(level)
+
+    def undo() -> None:
+        root.removeHandler(handler)
+        root.setLevel(previous)
+
+    return undo
+
+
+def log_startup(server: DiscoveryServer, store_url: str) -> None:
+    """The start-up summary at INFO: what is served, from where, at which feed position.
+
+    Key ids are public (they travel with every evaluation); the store URL is printed without
+    its password.
+    """
+    logger.info(
+        "serving %s: OPRF key ids %s, %d users, schemes %s, registry from %s at feed sequence %d",
+        redact_url(store_url),
+        ", ".join(server.keys.key_ids),
+        server.registry_size,
+        ", ".join(server.schemes),
+        server.started_from,
+        server.feed_position,
+    )
+
+
+def operator_token(path: str | None, operator: str) -> Authenticator | None:
+    """The :class:`~contactmatch.server.auth.StaticToken` in ``path`` (None for None).
+
+    Raises:
+        InvalidKey: the file is missing, readable by others or holds too short a token.
+    """
+    if path is None:
+        return None
+    from contactmatch.server.auth import StaticToken
+
+    return StaticToken.from_file(path, operator=operator)
 
 
 def load_callable(spec: str) -> Callable[..., object]:
@@ -220,6 +315,7 @@ def build_server(
     settings: ServiceSettings | None = None,
     snapshot_dir: str | None = None,
     allow_foreign_keys: bool = False,
+    previous_key_paths: Sequence[str] = (),
 ) -> DiscoveryServer:
     """Open the store and keys and build the discovery server ``run`` serves.
 
@@ -231,17 +327,22 @@ def build_server(
         snapshot_dir: where registry snapshots are read at start-up and written.
         allow_foreign_keys: serve even if the store holds users under keys this server
             does not hold (they stay invisible); otherwise that is refused.
+        previous_key_paths: key files of the keys a rotation is moving away from: served
+            beside ``key_path`` (a :class:`~contactmatch.keys.KeyRing`) so that users not yet
+            rekeyed and clients holding old tokens keep working (docs/operations.md).
 
     Raises:
-        InvalidKey: a key file is unusable, or does not match the store's keys.
-        FileNotFoundError: the server key file does not exist.
+        InvalidKey: a key file is unusable, keys of different modes, or the keys do not
+            match the store's.
+        FileNotFoundError: a server key file does not exist.
         StoreUnavailable: the store cannot be reached.
     """
-    from contactmatch.keys import ServerKey
+    from contactmatch.keys import KeyRing, ServerKey
     from contactmatch.service import DiscoveryServer
     from contactmatch.stores import open_store
 
-    key = ServerKey.load(key_path)
+    current = ServerKey.load(key_path)
+    key = KeyRing(current, [ServerKey.load(p) for p in previous_key_paths])
     store = open_store(store_url)
     try:
         census = store.key_census()
@@ -281,6 +382,10 @@ def run(
     snapshot_every: float = 600.0,
     allow_foreign_keys: bool = False,
     workers: int = 1,
+    previous_key_paths: Sequence[str] = (),
+    admin_token_file: str | None = None,
+    metrics_token_file: str | None = None,
+    log_format: str | None = None,
 ) -> None:
     """Serve the HTTP API with uvicorn until interrupted.
 
@@ -313,6 +418,12 @@ def run(
             importable module-level callables), the store must be shared (not
             ``memory://``), and each worker evaluates OPRF batches on cores // workers
             threads.
+        previous_key_paths: key files served beside ``key_path`` during a rotation.
+        admin_token_file: a file holding the operator token of ``/v1/stats`` (instead of
+            ``admin``; workers read the file themselves).
+        metrics_token_file: a file holding the token ``/metrics`` then requires.
+        log_format: ``"text"`` or ``"json"``: configure the ``contactmatch`` loggers
+            (:func:`configure_logging`); None leaves logging to the caller.
 
     Raises:
         InvalidInput: a bad option, or ``workers`` > 1 with options a worker cannot rebuild.
@@ -322,62 +433,79 @@ def run(
     """
     if type(workers) is not int or workers < 1:
         raise InvalidInput("workers must be a positive integer")
-    if workers > 1:
-        from contactmatch.server._workers import WorkerConfig, serve_workers
+    if admin is not None and admin_token_file is not None:
+        raise InvalidInput("pass admin or admin_token_file, not both")
+    with contextlib.ExitStack() as stack:
+        if log_format is not None:
+            # Undone on return: a process that runs the server and then goes on (tests, an
+            # embedding application) gets its logging configuration back.
+            stack.callback(configure_logging(log_format))
+        # Read the token files here once, so a bad one fails before any worker starts.
+        admin_token = operator_token(admin_token_file, "admin")
+        metrics_auth = operator_token(metrics_token_file, "metrics")
+        if workers > 1:
+            from contactmatch.server._workers import WorkerConfig, serve_workers
 
-        config = WorkerConfig.build(
+            config = WorkerConfig.build(
+                store_url,
+                key_path,
+                data_key_path=data_key_path,
+                settings=settings,
+                max_body=max_body,
+                token_ttl=token_ttl,
+                authenticate=authenticate,
+                admin=admin,
+                refresh_every=refresh_every or WORKER_REFRESH_EVERY,
+                verify_number=verify_number,
+                allow_unverified_numbers=allow_unverified_numbers,
+                snapshot_dir=snapshot_dir,
+                snapshot_every=snapshot_every,
+                allow_foreign_keys=allow_foreign_keys,
+                workers=workers,
+                previous_key_paths=previous_key_paths,
+                admin_token_file=admin_token_file,
+                metrics_token_file=metrics_token_file,
+                log_format=log_format,
+            )
+            serve_workers(config, host=host, port=port, workers=workers)
+            return
+        from contactmatch.server import require_extra
+
+        require_extra("server")
+        import uvicorn
+
+        from contactmatch.server.app import create_app
+        from contactmatch.server.auth import SignedTokens
+
+        server = build_server(
             store_url,
             key_path,
             data_key_path=data_key_path,
             settings=settings,
-            max_body=max_body,
-            token_ttl=token_ttl,
-            authenticate=authenticate,
-            admin=admin,
-            refresh_every=refresh_every or WORKER_REFRESH_EVERY,
-            verify_number=verify_number,
-            allow_unverified_numbers=allow_unverified_numbers,
             snapshot_dir=snapshot_dir,
-            snapshot_every=snapshot_every,
             allow_foreign_keys=allow_foreign_keys,
-            workers=workers,
+            previous_key_paths=previous_key_paths,
         )
-        serve_workers(config, host=host, port=port, workers=workers)
-        return
-    from contactmatch.server import require_extra
-
-    require_extra("server")
-    import uvicorn
-
-    from contactmatch.server.app import create_app
-    from contactmatch.server.auth import SignedTokens
-
-    server = build_server(
-        store_url,
-        key_path,
-        data_key_path=data_key_path,
-        settings=settings,
-        snapshot_dir=snapshot_dir,
-        allow_foreign_keys=allow_foreign_keys,
-    )
-    try:
-        auth = authenticate or SignedTokens.from_server_key(server.keys.current, token_ttl)
-        app = create_app(
-            server,
-            authenticate=auth,
-            max_body=max_body,
-            admin=admin,
-            refresh_every=refresh_every,
-            verify_number=verify_number,
-            allow_unverified_numbers=allow_unverified_numbers,
-            snapshot_every=snapshot_every if snapshot_dir else 0.0,
-        )
-        if verify_number is None and not allow_unverified_numbers:
-            _notice_no_verifier()
-        # The lifespan runs the background refresh task.
-        uvicorn.run(app, host=host, port=port, lifespan="on", ws="none", server_header=False)
-    finally:
-        server.store.close()
+        try:
+            auth = authenticate or SignedTokens.from_server_key(server.keys.current, token_ttl)
+            log_startup(server, store_url)
+            app = create_app(
+                server,
+                authenticate=auth,
+                max_body=max_body,
+                admin=admin or admin_token,
+                metrics_auth=metrics_auth,
+                refresh_every=refresh_every,
+                verify_number=verify_number,
+                allow_unverified_numbers=allow_unverified_numbers,
+                snapshot_every=snapshot_every if snapshot_dir else 0.0,
+            )
+            if verify_number is None and not allow_unverified_numbers:
+                _notice_no_verifier()
+            # The lifespan runs the background refresh task.
+            uvicorn.run(app, host=host, port=port, lifespan="on", ws="none", server_header=False)
+        finally:
+            server.store.close()
 
 
 def _notice_no_verifier() -> None:

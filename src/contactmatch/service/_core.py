@@ -114,6 +114,10 @@ class ServerCore:
         )
         #: Where the registries came from at start-up: ``"snapshot"`` or ``"store"``.
         self.started_from = self._follower.start()
+        #: Called after every discovery round with (scheme, counters, seconds): how the HTTP
+        #: app feeds its metrics without the service knowing about Prometheus. The scheme is
+        #: a served scheme's name or "" (never a string a client chose).
+        self.observer: Callable[[str, Mapping[str, int], float], None] | None = None
 
     # -- state ------------------------------------------------------------------------------
     @property
@@ -221,6 +225,11 @@ class ServerCore:
         the server has no snapshot directory."""
         self.flush_stats()
         return self._follower.save_snapshot()
+
+    @property
+    def registry_size(self) -> int:
+        """Users the canonical registry holds (for metrics and readiness)."""
+        return len(self._follower.registries[self.canonical])
 
     @property
     def feed_position(self) -> int:

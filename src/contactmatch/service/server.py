@@ -8,6 +8,7 @@ bytes, moved by whatever transport the application uses.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from functools import partial
 
@@ -309,11 +310,14 @@ class DiscoveryServer(ServerCore):
             VerificationFailed: a blinded element is invalid.
         """
         stats: dict[str, int] = {"requests": 1}
+        started = time.perf_counter()
+        scheme = ""
         try:
             msg = decode(request)
             if not isinstance(msg, EvalRequest | LookupRequest | BucketRequest):
                 raise MalformedMessage(f"{msg.NAME} is not a discovery request")
             srv = self._scheme(msg.scheme)
+            scheme = srv.scheme.name
             me = self._account(requester_id)
             subject = self.limiter.number_subject(me.token)
             self.limiter.request(subject)
@@ -352,6 +356,8 @@ class DiscoveryServer(ServerCore):
             raise
         finally:
             self._count(stats)
+            if self.observer is not None:
+                self.observer(scheme, stats, time.perf_counter() - started)
 
     # -- opt-in contact uploads -------------------------------------------------------------
     def upload_contacts(self, owner_id: str, request: bytes) -> int:
