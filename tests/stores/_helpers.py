@@ -7,6 +7,8 @@ by name.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
+from typing import Any
 
 from contactmatch.stores import Discoverability, Rekey, UserRecord, open_store
 
@@ -110,3 +112,30 @@ def worker_register_forever(url: str, ready: str) -> None:
             i += 50
             if i == 500:
                 open(ready, "w").close()
+
+
+def write_redis_v2_users(client: Any, prefix: str, users: Sequence[UserRecord]) -> None:
+    """Write ``users`` the way Redis layout v2 kept them (one ``{P:u:<id>}`` hash each).
+
+    Shared by the migration tests of a single Redis and of a cluster: both must find these
+    users again after the store moves them into the current layout.
+    """
+    g = "{" + prefix + ":g}"
+    client.set(g + ":schema", 2)
+    for u in users:
+        uk = "{" + prefix + ":u:" + u.user_id + "}"
+        client.hset(
+            uk,
+            mapping={
+                "tok": u.token,
+                "hex": u.token.hex(),
+                "kid": u.key_id,
+                "ct": u.number_ct,
+                "disc": b"0",
+                "cat": repr(u.created_at),
+                "uat": repr(u.updated_at),
+            },
+        )
+        client.set(uk + ":k", u.wrapped_key)
+        client.set("{" + prefix + ":t:" + u.token.hex() + "}", u.user_id)
+        client.zadd(g + ":ids", {u.user_id: 0})

@@ -25,7 +25,7 @@ from contactmatch.stores import (
     sqlite_schema,
 )
 from tests.services import PG_BASE, REDIS_BASE, drop_redis_prefix
-from tests.stores._helpers import user
+from tests.stores._helpers import user, write_redis_v2_users
 
 
 def _sqlite_v1(path: Path, *, with_user: bool) -> None:
@@ -260,24 +260,7 @@ def test_redis_v2_with_users_migrates_and_keeps_them() -> None:
     g = "{" + prefix + ":g}"
     r = redis.Redis.from_url(REDIS_BASE)
     try:
-        r.set(g + ":schema", 2)
-        for u in V2_USERS:
-            uk = "{" + prefix + ":u:" + u.user_id + "}"
-            r.hset(
-                uk,
-                mapping={
-                    "tok": u.token,
-                    "hex": u.token.hex(),
-                    "kid": u.key_id,
-                    "ct": u.number_ct,
-                    "disc": b"0",
-                    "cat": repr(u.created_at),
-                    "uat": repr(u.updated_at),
-                },
-            )
-            r.set(uk + ":k", u.wrapped_key)
-            r.set("{" + prefix + ":t:" + u.token.hex() + "}", u.user_id)
-            r.zadd(g + ":ids", {u.user_id: 0})
+        write_redis_v2_users(r, prefix, V2_USERS)
         with open_store(REDIS_BASE, prefix=prefix) as s:
             assert s.get_users([u.user_id for u in V2_USERS]) == V2_USERS
             assert s.key_census() == V2_CENSUS

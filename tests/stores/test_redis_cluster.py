@@ -18,7 +18,7 @@ from contactmatch.errors import StoreError, StoreUnavailable
 from contactmatch.stores import ADAPTERS, Discoverability, KeyCensus, Rekey, open_store
 from contactmatch.stores.redis import GROUPS, RedisClusterStore, RedisStore
 from tests.services import REDIS_CLUSTER_PORTS, REDIS_HOST, drop_redis_prefix
-from tests.stores._helpers import subject, token, user
+from tests.stores._helpers import subject, token, user, write_redis_v2_users
 
 pytestmark = pytest.mark.redis_cluster
 
@@ -354,24 +354,7 @@ def test_an_old_layout_is_moved_into_slot_groups(
     # Layout v2 kept each user under {P:u:<id>}: write two users that way, open, read them.
     g = "{" + prefix + ":g}"
     users = [user(1, data_key="dk-1"), user(2, key_id="k2")]
-    client.set(g + ":schema", 2)
-    for u in users:
-        uk = "{" + prefix + ":u:" + u.user_id + "}"
-        client.hset(
-            uk,
-            mapping={
-                "tok": u.token,
-                "hex": u.token.hex(),
-                "kid": u.key_id,
-                "ct": u.number_ct,
-                "disc": b"0",
-                "cat": repr(u.created_at),
-                "uat": repr(u.updated_at),
-            },
-        )
-        client.set(uk + ":k", u.wrapped_key)
-        client.set("{" + prefix + ":t:" + u.token.hex() + "}", u.user_id)
-        client.zadd(g + ":ids", {u.user_id: 0})
+    write_redis_v2_users(client, prefix, users)
     client.sadd("{" + prefix + ":u:u0000001}:c", token(9).hex())
     client.hset("{" + prefix + ":u:u0000001}", "ckid", "k1")
     client.sadd("{" + prefix + ":o:" + token(9).hex() + "}", "u0000001")
