@@ -43,7 +43,7 @@ import numpy.typing as npt
 from contactmatch._urls import redact_url
 from contactmatch.atrest import DataKey
 from contactmatch.bulk._engine import Engine, open_engine
-from contactmatch.bulk._source import Partition, Rejection, read_partitions
+from contactmatch.bulk._source import Partition, read_partitions
 from contactmatch.bulk._tasks import (
     ScanResult,
     ScanSpec,
@@ -94,7 +94,8 @@ class _Meta:
 
     lines: npt.NDArray[np.int64]
     uid_digests: npt.NDArray[np.void]
-    read_rejects: list[Rejection]
+    #: Lines the reader refused (listed again, with reasons, when the write pass re-reads).
+    read_rejected: int
     num_digests: npt.NDArray[np.void] = field(default_factory=lambda: np.empty(0, "V16"))
     accepted: npt.NDArray[np.int64] = field(default_factory=lambda: np.empty(0, np.int64))
     scan_rejects: list[tuple[int, str]] = field(default_factory=list)
@@ -202,7 +203,7 @@ def import_file(
                 metas[part.index] = _Meta(
                     lines=np.asarray(part.lines, dtype=np.int64),
                     uid_digests=_uid_digests(part.user_ids),
-                    read_rejects=part.rejected,
+                    read_rejected=len(part.rejected),
                 )
                 total += len(part.lines) + len(part.rejected)
                 yield ScanSpec(part.index, part.raws, region, salt)
@@ -211,7 +212,7 @@ def import_file(
         scanned = 0
         for res in eng.map_unordered(scan_partition, scans()):
             _take_scan(metas[res.index], res)
-            scanned += len(metas[res.index].lines) + len(metas[res.index].read_rejects)
+            scanned += len(metas[res.index].lines) + metas[res.index].read_rejected
             if progress is not None:
                 progress("scan", scanned, None)
         _deduplicate([metas[i] for i in sorted(metas)])
@@ -347,7 +348,7 @@ class _Writer:
                 self.compute_s += res.compute_s
                 self.store_s += res.store_s
                 m = self.metas[res.index]
-                self.done_lines += len(m.lines) + len(m.read_rejects)
+                self.done_lines += len(m.lines) + m.read_rejected
                 if progress is not None:
                     progress("write", self.done_lines, total)
         self.seconds = time.perf_counter() - t0
