@@ -13,6 +13,7 @@ from contactmatch import (
     ServerKey,
     ServiceSettings,
 )
+from contactmatch.schemes import get_scheme
 from contactmatch.server import HttpClient, ServerThread, SignedTokens, create_app
 from contactmatch.stores import BaseStore
 
@@ -25,26 +26,42 @@ def n(i: int) -> str:
 
 @pytest.fixture
 def service(store: BaseStore) -> DiscoveryServer:
-    srv = DiscoveryServer(store, KEY, DataKey.generate(), settings=ServiceSettings(region="IR"))
+    settings = ServiceSettings(region="IR", schemes=SCHEMES)
+    srv = DiscoveryServer(store, KEY, DataKey.generate(), settings=settings)
     srv.register_many([(f"u{i}", n(i)) for i in range(300)])
     return srv
 
 
+SCHEMES = ("oprf+filter", "oprf+bucket", "oprf+pir", "oprf+localfilter")
 BOOK = [f"0935 {i:03d} {j:04d}" for i, j in ((0, 5), (0, 250), (0, 9999), (1, 1))]
 EXPECTED = {n(5): "u5", n(250): "u250"}
 
 
-@pytest.mark.parametrize("scheme", ["oprf+filter", "oprf+bucket"])
+def _client(service: DiscoveryServer, scheme: str) -> DiscoveryClient:
+    s = get_scheme(scheme)
+    return DiscoveryClient(
+        service.info(scheme),
+        filter_blob=service.published_filter(scheme) if s.publishes_filter else None,
+        hint_blob=service.published_hint(scheme) if s.retrieves_privately else None,
+        region="IR",
+    )
+
+
+def _expected(scheme: str, expected: dict[str, str]) -> dict[str, str]:
+    # localfilter is for apps whose users are their numbers: the number is the answer.
+    return {k: k for k in expected} if get_scheme(scheme).decides_locally else expected
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
 def test_in_process(service: DiscoveryServer, scheme: str) -> None:
-    blob = service.published_filter(scheme) if scheme.endswith("filter") else None
-    client = DiscoveryClient(service.info(scheme), filter_blob=blob, region="IR")
+    client = _client(service, scheme)
     res = client.discover(BOOK, lambda r: service.discover("u1", r))
-    assert res.matches == EXPECTED
+    assert res.matches == _expected(scheme, EXPECTED)
     assert sorted(res.unregistered) == ["+989350009999", "+989350010001"]
     service.delete_account("u5")
-    client = DiscoveryClient(service.info(scheme), filter_blob=service.published_filter(scheme)
-                             if blob is not None else None, region="IR")  # fmt: skip
-    assert client.discover(BOOK, lambda r: service.discover("u1", r)).matches == {n(250): "u250"}
+    client = _client(service, scheme)
+    res = client.discover(BOOK, lambda r: service.discover("u1", r))
+    assert res.matches == _expected(scheme, {n(250): "u250"})
     assert service.store.get_users(["u5"]) == [None]
 
 
@@ -63,8 +80,9 @@ def test_over_http(service: DiscoveryServer) -> None:
             assert me.register("me", "0935 777 7777", region="IR", proof="123456") == (
                 "+989357777777"
             )
-            for scheme in ("oprf+filter", "oprf+bucket"):
-                assert me.sync(BOOK, scheme=scheme, region="IR").matches == EXPECTED
+            for scheme in SCHEMES:
+                got = me.sync(BOOK, scheme=scheme, region="IR").matches
+                assert got == _expected(scheme, EXPECTED)
             me.set_discoverability("me", "nobody")
             other = HttpClient(url, tokens.issue("u1"))
             try:

@@ -679,7 +679,8 @@ def test_openapi_documents_exactly_the_mounted_routes(serve: Serve, numbers: boo
 def test_real_answers_match_the_documented_schemas(serve: Serve, key: ServerKey) -> None:
     admin = SignedTokens(derive_token_secret(key, b"contactmatch/admin/v1"))
     limits = RateLimits(requests=Quota(name="requests", capacity=4, period=3600))
-    s = serve(ServiceSettings(limits=limits), admin=admin, max_body=4096)
+    schemes = ("oprf+filter", "oprf+bucket", "oprf+pir")
+    s = serve(ServiceSettings(limits=limits, schemes=schemes), admin=admin, max_body=4096)
     register_all(s, {"alice": ALICE})
     raw = s.raw()
     doc = raw.get("/openapi.json").json()
@@ -704,6 +705,14 @@ def test_real_answers_match_the_documented_schemas(serve: Serve, key: ServerKey)
     etag = {"If-None-Match": whole.headers["ETag"]}
     assert check("/v1/filter/{scheme}", raw.get("/v1/filter/oprf+filter", headers=etag))\
         .status_code == 304  # fmt: skip
+
+    hint = check("/v1/hint/{scheme}", raw.get("/v1/hint/oprf+pir"))
+    assert hint.content[:3] == b"CMH"
+    held = {"If-None-Match": f'"{hint.headers["X-Hint-Version"]}"'}
+    assert check("/v1/hint/{scheme}", raw.get("/v1/hint/oprf+pir", headers=held))\
+        .status_code == 304  # fmt: skip
+    check("/v1/hint/{scheme}", raw.get("/v1/hint/oprf+filter"))  # 400: no hint
+    check("/v1/hint/{scheme}", raw.get("/v1/hint/oprf+pir", params={"since": "x"}))
 
     body = {"number": DAVE, "region": "IR"}
     conform(body, body_schema("/v1/register", "post", "application/json"), doc)

@@ -12,5 +12,7 @@ Modules:
 * :mod:`contactmatch.hazmat.ristretto` -- ristretto255 scalars and elements over libsodium
   (the copy bundled by ``rbcl``), with validation mapped to contactmatch errors;
 * :mod:`contactmatch.hazmat.oprf` -- the ristretto255-SHA512 ciphersuite of RFC 9497 in modes
-  OPRF, VOPRF and POPRF, including the batched DLEQ proofs.
+  OPRF, VOPRF and POPRF, including the batched DLEQ proofs;
+* :mod:`contactmatch.hazmat.pir` -- SimplePIR (single-server LWE PIR, n=1024, q=2^32) in numpy:
+  parameters, hint, batched answers, queries and recovery, hint deltas (``docs/pir.md``).
 """

@@ -86,6 +86,10 @@ def run_discovery(
     if server.scheme.publishes_filter:
         filter_blob = server.published_filter()
         setup += len(filter_blob)
+    hint = None
+    if server.scheme.retrieves_privately:
+        hint = server.published_hint()
+        setup += len(hint)
 
     def make_client() -> SchemeClient:
         info = ServerInfo.decode(info_bytes)
@@ -94,6 +98,7 @@ def run_discovery(
             info,
             make_client_tokens(server.scheme.token, info),
             filter_blob=filter_blob,
+            hint=hint,
             cache=cache,
         )
 

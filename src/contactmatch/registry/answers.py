@@ -8,7 +8,7 @@ the bucket method, which need them without the table's machinery.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import pairwise
 
 import numpy as np
@@ -34,6 +34,9 @@ class HashDelta:
 
     added: U64
     removed: U64
+    #: The 32-bit bucket keys of every row that joined or left (before cancelling): which
+    #: buckets' entries may have changed, for answers laid out by bucket (the PIR database).
+    buckets: U64 = field(default_factory=lambda: np.zeros(0, dtype=np.uint64))
 
     def scaled(self, bound: int) -> tuple[U64, U64]:
         """``(added, removed)`` as filter values for a filter of this bound, each sorted."""
@@ -58,6 +61,8 @@ class BucketAnswer:
     fingerprints: U8
     sealed: bytes
     offsets: I64
+    #: Each entry's 32-bit bucket key (what the PIR layout places entries by).
+    keys: U64 = field(default_factory=lambda: np.zeros(0, dtype=np.uint64))
 
     def __len__(self) -> int:
         return int(self.fingerprints.shape[0])

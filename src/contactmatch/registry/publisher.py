@@ -19,7 +19,9 @@ from __future__ import annotations
 import math
 import threading
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -30,7 +32,7 @@ from contactmatch.filters import GolombFilter
 from contactmatch.registry._ops import cancel
 from contactmatch.registry.table import HashDelta, RegistryTable
 
-__all__ = ["FilterPublisher", "capacity_for"]
+__all__ = ["FilterPublisher", "capacity_for", "first_step_after"]
 
 U64 = npt.NDArray[np.uint64]
 _MIN_CAPACITY = 1024
@@ -77,6 +79,24 @@ def content_version(acc: int, bound: int, count: int) -> int:
         v = int(_mix(np.array([(a ^ (b * 3) ^ (c * 7)) & (2**64 - 1)], dtype=np.uint64))[0])
     # 53 bits: exact in JSON numbers (JavaScript clients), still 2**-53 per pair of contents.
     return (v >> 11) or 1
+
+
+class _Versioned(Protocol):
+    @property
+    def since(self) -> int: ...
+    @property
+    def version(self) -> int: ...
+
+
+def first_step_after(steps: Sequence[_Versioned], since: int) -> int | None:
+    """Index of the first step that leads away from content ``since``, at the latest time
+    this process held it (a content can come back); None if it never held it."""
+    for i in range(len(steps) - 1, -1, -1):
+        if steps[i].version == since:
+            return i + 1
+        if steps[i].since == since:
+            return i
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,15 +196,7 @@ class FilterPublisher:
             if since is None or since == current or not self._steps:
                 return f.to_bytes()
             steps = list(self._steps)
-            start = None
-            # The latest time this process held that content (a content can come back).
-            for i in range(len(steps) - 1, -1, -1):
-                if steps[i].version == since:
-                    start = i + 1
-                    break
-                if steps[i].since == since:
-                    start = i
-                    break
+            start = first_step_after(steps, since)
             if start is None:
                 return f.to_bytes()
             later = steps[start:]

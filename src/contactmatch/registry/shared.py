@@ -12,10 +12,14 @@ from __future__ import annotations
 import hmac
 import threading
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from contactmatch.errors import InvalidInput
 from contactmatch.registry.publisher import FilterPublisher
 from contactmatch.registry.table import HashDelta, RegistryTable
+
+if TYPE_CHECKING:
+    from contactmatch.registry.pir import PirPublisher
 
 __all__ = ["Confirm", "TokenRegistry"]
 
@@ -43,6 +47,7 @@ class TokenRegistry:
         self._by_token: dict[bytes, str] | None = None if confirm is not None else {}
         self._by_user: dict[str, bytes] | None = None if confirm is not None else {}
         self._publishers: dict[float, FilterPublisher] = {}
+        self._pir: PirPublisher | None = None
         self._lock = threading.RLock()
 
     def __repr__(self) -> str:
@@ -65,6 +70,15 @@ class TokenRegistry:
                 pub = FilterPublisher(self.table, fpr=fpr)
                 self._publishers[fpr] = pub
             return pub
+
+    def pir(self) -> PirPublisher:
+        """The registry laid out for PIR (built on first use; the ``pir`` method only)."""
+        with self._lock:
+            if self._pir is None:
+                from contactmatch.registry.pir import PirPublisher  # numpy work, on demand
+
+                self._pir = PirPublisher(self.table)
+            return self._pir
 
     def apply(
         self,
@@ -100,6 +114,8 @@ class TokenRegistry:
                 self.version = self.version + 1 if version is None else int(version)
             for pub in self._publishers.values():
                 pub.advance(delta)
+            if self._pir is not None:
+                self._pir.advance(delta)
             return delta
 
     def replace(
@@ -119,6 +135,9 @@ class TokenRegistry:
             self._publishers = {}
             for fpr in old:
                 self.publisher(fpr)
+            if self._pir is not None:
+                self._pir = None
+                self.pir()
 
     def rebase(self, table: RegistryTable) -> None:
         """Swap in a table with the same rows (a snapshot just written and mapped back), so
@@ -129,6 +148,8 @@ class TokenRegistry:
             self.table = table
             for pub in self._publishers.values():
                 pub.rebase(table)
+            if self._pir is not None:
+                self._pir.rebase(table)
 
     def confirm(self, tokens: Sequence[bytes]) -> list[str | None]:
         """The user id registered under each candidate token, or None (compared in full)."""

@@ -56,6 +56,7 @@ I64 = npt.NDArray[np.int64]
 Bools = npt.NDArray[np.bool_]
 
 _M32 = np.uint64(0xFFFFFFFF)
+_S32 = np.uint64(32)
 
 
 @dataclass(frozen=True, slots=True)
@@ -309,7 +310,9 @@ class RegistryTable:
         words[:, 1] = fplo
         fps = words.view(np.uint8).reshape(-1, 8)
         sealed, offsets = _gather_sealed(base, ov, starts, ends, from_base)
-        return BucketAnswer(counts=counts, fingerprints=fps, sealed=sealed, offsets=offsets)
+        return BucketAnswer(
+            counts=counts, fingerprints=fps, sealed=sealed, offsets=offsets, keys=bk >> _S32
+        )
 
     # --- changes ------------------------------------------------------------------------------
     def apply(self, upserts: Sequence[tuple[str, bytes]], removals: Sequence[str]) -> HashDelta:
@@ -364,7 +367,9 @@ class RegistryTable:
                 state = _State(merge(base, ov.dead_rows, ov.rows, ov.inspos), Overlay.empty())
             self._state = state
         added, gone = cancel(new.h, removed)
-        return HashDelta(added=added, removed=gone)
+        # ``bk`` packs the 32-bit bucket key above four fingerprint bytes.
+        bk = np.concatenate([new.bk, base.bk[b_gone], s.overlay.rows.bk[o_gone]])
+        return HashDelta(added=added, removed=gone, buckets=bk.astype(np.uint64) >> _S32)
 
     def compact(self) -> RegistryTable:
         """A new table of the same rows with the overlay folded into an in-memory base."""

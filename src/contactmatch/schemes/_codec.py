@@ -58,6 +58,10 @@ class Reader:
     def blob(self) -> bytes:
         return self.take(self.u16())
 
+    def wide(self) -> bytes:
+        """A u32-length-prefixed field (PIR queries and answers run to megabytes)."""
+        return self.take(self.u32())
+
     def items(self) -> list[bytes]:
         count, width = self.u32(), self.u16()
         if count > MAX_ITEMS:
@@ -111,6 +115,10 @@ class Writer:
         if len(b) > 0xFFFF:
             raise MalformedMessage("a field is longer than 65535 bytes")
         self.u16(len(b))
+        self.parts.append(b)
+
+    def wide(self, b: bytes) -> None:
+        self.u32(len(b))
         self.parts.append(b)
 
     def items(self, items: Sequence[bytes]) -> None:

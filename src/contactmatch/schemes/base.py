@@ -34,7 +34,7 @@ __all__ = [
 #: Names of the token functions, weakest first.
 TokenName = Literal["plain", "sha256", "hmac", "oprf", "voprf"]
 #: Names of the membership methods.
-MethodName = Literal["lookup", "bucket", "filter"]
+MethodName = Literal["lookup", "bucket", "filter", "localfilter", "pir"]
 
 TOKEN_FUNCTIONS: Final[tuple[TokenName, ...]] = get_args(TokenName)
 METHODS: Final[tuple[MethodName, ...]] = get_args(MethodName)
@@ -83,6 +83,8 @@ METHOD_TRAITS: Final[dict[MethodName, MethodTraits]] = {
     "lookup": MethodTraits(sends_every_token=True),
     "bucket": MethodTraits(sends_prefixes=True),
     "filter": MethodTraits(publishes_filter=True),
+    "localfilter": MethodTraits(publishes_filter=True, decides_locally=True),
+    "pir": MethodTraits(publishes_filter=True, retrieves_privately=True),
 }
 
 
@@ -132,6 +134,16 @@ class Scheme:
     def publishes_filter(self) -> bool:
         """Whether clients download a filter and ask only about its hits (``filter``)."""
         return METHOD_TRAITS[self.method].publishes_filter
+
+    @property
+    def retrieves_privately(self) -> bool:
+        """Whether clients retrieve their filter hits' entries by PIR (``pir``)."""
+        return METHOD_TRAITS[self.method].retrieves_privately
+
+    @property
+    def decides_locally(self) -> bool:
+        """Whether the published filter alone decides, with no match round (``localfilter``)."""
+        return METHOD_TRAITS[self.method].decides_locally
 
     @property
     def uses_buckets(self) -> bool:

@@ -20,6 +20,7 @@ from contactmatch.errors import (
 )
 from contactmatch.filters import Filter, load_filter
 from contactmatch.schemes.base import MatchResult, Scheme, ServerInfo, get_scheme
+from contactmatch.schemes.pirclient import PirHint, PirRetrieval
 from contactmatch.schemes.sealed import bucket_of, open_entries
 from contactmatch.schemes.tokens import ClientTokens
 from contactmatch.schemes.wire import (
@@ -64,7 +65,8 @@ class SchemeClient:
         scheme: the scheme (or its name); must match ``info.scheme``.
         info: the server's published info (key id, bucket bits, public key).
         tokens: the client side of the token function.
-        filter_blob: the published filter, serialised or loaded (``filter`` method only).
+        filter_blob: the published filter, serialised or loaded (filter-publishing methods).
+        hint: the PIR hint held (``pir`` only), serialised or loaded; answers patch it.
         cache: token cache ``{(key_id, number): token}`` reused across syncs; numbers whose
             token is cached under the current key are not evaluated again.
     """
@@ -76,6 +78,7 @@ class SchemeClient:
         tokens: ClientTokens,
         *,
         filter_blob: bytes | Filter | None = None,
+        hint: bytes | PirHint | None = None,
         cache: dict[tuple[str, str], bytes] | None = None,
     ) -> None:
         self.scheme = get_scheme(scheme) if isinstance(scheme, str) else scheme
@@ -89,6 +92,12 @@ class SchemeClient:
             if filter_blob is None:
                 raise MalformedMessage("a filter scheme needs the published filter")
             self._filter = filter_for(info, filter_blob)
+        self._hint: PirHint | None = None
+        self._pir: PirRetrieval | None = None
+        if self.scheme.retrieves_privately:
+            if hint is None:
+                raise MalformedMessage("a pir scheme needs the PIR hint")
+            self._hint = hint if isinstance(hint, PirHint) else PirHint(hint)
         self._state = _State.NEW
         self._numbers: list[str] = []
         self._tokens: dict[str, bytes] = {}
@@ -143,7 +152,14 @@ class SchemeClient:
                 self.cache[(key_id, n)] = t
             return self._match_request()
         if self._state is _State.MATCH:
-            if self.scheme.uses_buckets:
+            if self._pir is not None:
+                self._pir.receive(response)
+                nxt = self._pir.next_request()
+                if nxt is not None:
+                    self.rounds += 1
+                    return nxt
+                self._matches.update(self._pir.matches)
+            elif self.scheme.uses_buckets:
                 self._finish_bucket(response)
             else:
                 self._finish_lookup(response)
@@ -187,9 +203,30 @@ class SchemeClient:
             self._asked = [n for n, h in zip(self._numbers, hits, strict=True) if h]
         else:
             self._asked = list(self._numbers)
+        if self.scheme.decides_locally:
+            # The filter is the answer (its rate is sized for it): the number is the id.
+            self._matches = {n: n for n in self._asked}
+            self._state = _State.DONE
+            return None
         if not self._asked:
             self._state = _State.DONE
             return None
+        if self._hint is not None:  # set exactly when the scheme retrieves by PIR
+            batch = int(self.info.extra.get("pir", {}).get("batch", 64))
+            self._pir = PirRetrieval(
+                self.scheme.name,
+                key_id,
+                self._hint,
+                {n: self._tokens[n] for n in self._asked},
+                batch,
+            )
+            first = self._pir.next_request()
+            if first is None:  # pragma: no cover - hits always have a column
+                self._state = _State.DONE
+                return None
+            self._state = _State.MATCH
+            self.rounds += 1
+            return first
         self._state = _State.MATCH
         self.rounds += 1
         return LookupRequest(

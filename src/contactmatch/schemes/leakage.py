@@ -40,6 +40,10 @@ class MethodTraits:
     sends_prefixes: bool = False
     #: The server publishes a filter; the client asks only about its hits (filter).
     publishes_filter: bool = False
+    #: The client retrieves its hits' entries by PIR, in padded batches (pir).
+    retrieves_privately: bool = False
+    #: The filter alone decides; no second round, no user ids (localfilter).
+    decides_locally: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -50,6 +54,12 @@ class Leakage:
     client_learns: str
     thief_learns: str
     enumeration_cost: str
+
+
+_PIR_SERVER = (
+    "how many PIR retrievals the client makes, padded to whole batches of 64 (not which "
+    "entries, nor how many of them matched)"
+)
 
 
 def compose(token: TokenTraits, method: MethodTraits) -> Leakage:
@@ -69,6 +79,10 @@ def compose(token: TokenTraits, method: MethodTraits) -> Leakage:
                 "a k-bit prefix per contact; against the numbering plan that narrows each "
                 "contact to 1 in 2^k candidates (the k-anonymity set)"
             )
+        elif method.decides_locally:
+            server = "nothing: the client sends no request"
+        elif method.retrieves_privately:
+            server = _PIR_SERVER
         else:
             server = "only the contacts that are registered (the filter hits it is asked about)"
     else:
@@ -81,8 +95,14 @@ def compose(token: TokenTraits, method: MethodTraits) -> Leakage:
             )
         elif method.sends_prefixes:
             server = base + "; a k-bit prefix of each contact's token"
+        elif method.decides_locally:
+            server = base + "; nothing else (there is no second round)"
+        elif method.retrieves_privately:
+            server = base + "; " + _PIR_SERVER
         else:
             server = base + "; which registered users are in the book (the hits it is asked about)"
+    if token.server_sees_inputs and method.retrieves_privately:
+        server += " (PIR then hides only which entries it retrieves)"
     if token.verifiable:
         server += "; it cannot single a client out with a key of its own (VOPRF proof)"
 
@@ -99,12 +119,31 @@ def compose(token: TokenTraits, method: MethodTraits) -> Leakage:
                 else " (OPRF fingerprints: useless without server evaluations)"
             )
         )
-    else:
-        client = "its contacts' matches, plus the whole published filter" + (
+    elif method.decides_locally:
+        client = (
+            "which of its contacts are registered (no user ids: the number is the id), with a "
+            "false report at most 2^-20 per 10,000-contact sync, plus the whole published filter"
+        ) + (
             ": with public tokens anyone can test every number of the numbering plan "
             "offline and list the registered population"
             if token.public
             else ": each membership test needs one rate-limited OPRF evaluation"
+        )
+    else:
+        extra = (
+            " and the sealed entries of each column it retrieves (unreadable without their tokens)"
+            if method.retrieves_privately
+            else ""
+        )
+        client = (
+            "its contacts' matches, plus the whole published filter"
+            + extra
+            + (
+                ": with public tokens anyone can test every number of the numbering plan "
+                "offline and list the registered population"
+                if token.public
+                else ": each membership test needs one rate-limited OPRF evaluation"
+            )
         )
 
     thief = token.thief_reverses

@@ -19,6 +19,7 @@ from contactmatch.registry.shared import TokenRegistry
 from contactmatch.registry.table import RegistryTable
 from contactmatch.schemes.base import Scheme, ServerInfo, get_scheme
 from contactmatch.schemes.methods import MembershipMethod, method_for
+from contactmatch.schemes.methods.localfilter import LOCAL_FPR
 from contactmatch.schemes.tokens import ServerTokens
 from contactmatch.schemes.wire import EvalRequest, Message, decode
 
@@ -59,7 +60,8 @@ class SchemeServer:
             registry = TokenRegistry(RegistryTable.empty(key_id=tokens.key_id))
         self.registry = registry
         self.anonymity = anonymity
-        self.filter_fpr = filter_fpr
+        # localfilter's filter is the whole answer: its rate is set by the method, not here.
+        self.filter_fpr = LOCAL_FPR if self.scheme.decides_locally else filter_fpr
 
     def __repr__(self) -> str:
         return f"<SchemeServer {self.scheme.name} users={len(self.registry)}>"
@@ -95,6 +97,7 @@ class SchemeServer:
             bits=self.bits,
             public_key=bytes(pub.get("public_key", b"")),
             filter_version=self.filter_version,
+            extra={"pir": self.registry.pir().info()} if self.scheme.retrieves_privately else {},
         )
 
     @property
@@ -111,6 +114,17 @@ class SchemeServer:
         if not self.method.publishes_filter:
             raise MalformedMessage(f"{self.scheme.name} publishes no filter")
         return self.registry.publisher(self.filter_fpr).published(since)
+
+    @property
+    def hint_version(self) -> int:
+        """Version of the PIR database (0 for methods without one)."""
+        return self.registry.pir().version if self.scheme.retrieves_privately else 0
+
+    def published_hint(self, since: int | None = None) -> bytes:
+        """The PIR hint, whole or as a delta from version ``since`` (``pir`` only)."""
+        if not self.scheme.retrieves_privately:
+            raise MalformedMessage(f"{self.scheme.name} publishes no PIR hint")
+        return self.registry.pir().published(since)
 
     # -- requests ---------------------------------------------------------------------------
     def _check(self, scheme: str, key_id: str | None) -> None:

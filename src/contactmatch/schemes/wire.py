@@ -25,6 +25,7 @@ from contactmatch.schemes._codec import Writer as _Writer
 __all__ = [
     "MAX_ITEMS",
     "MAX_MESSAGE_BYTES",
+    "PIR_MAX_BATCH",
     "WIRE_VERSION",
     "BucketRequest",
     "BucketResponse",
@@ -34,6 +35,8 @@ __all__ = [
     "LookupRequest",
     "LookupResponse",
     "Message",
+    "PirRequest",
+    "PirResponse",
     "ServiceResponse",
     "decode",
     "decode_json",
@@ -42,6 +45,8 @@ __all__ = [
 MAGIC = b"CMW"
 WIRE_VERSION = 2  # 2: ServiceResponse.filter_version is a u64 content digest
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+#: The most PIR queries one request may carry, whatever the server allows.
+PIR_MAX_BATCH = 1024
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -361,6 +366,85 @@ class ContactsUpload(Message):
         return cls(key_id=r.text(), tokens=r.items())
 
 
+@dataclass(frozen=True, slots=True, kw_only=True, repr=False)
+class PirRequest(Message):
+    """``batch`` PIR queries (``pir``): LWE ciphertexts, one per retrieved column.
+
+    ``queries`` is ``batch × cols`` little-endian u32 words; the client pads every request
+    to the same batch, so the server learns neither which columns nor how many were wanted.
+    ``version`` is the hint the client holds; the answer brings the delta from it.
+    """
+
+    TYPE: ClassVar[int] = 9
+    NAME: ClassVar[str] = "pir_request"
+    scheme: str
+    key_id: str
+    version: int
+    batch: int
+    queries: bytes
+
+    def _validate(self) -> None:
+        if not 0 <= self.version < 1 << 64:
+            raise MalformedMessage("version is out of range")
+        if not 1 <= self.batch <= PIR_MAX_BATCH:
+            raise MalformedMessage(f"batch must be 1..{PIR_MAX_BATCH}")
+        if not self.queries or len(self.queries) % (4 * self.batch):
+            raise MalformedMessage("queries are not batch rows of u32 words")
+
+    def _write(self, w: _Writer) -> None:
+        w.text(self.scheme)
+        w.text(self.key_id)
+        w.u64(self.version)
+        w.u32(self.batch)
+        w.wide(self.queries)
+
+    @classmethod
+    def _read(cls, r: _Reader) -> Self:
+        msg = cls(
+            scheme=r.text(), key_id=r.text(), version=r.u64(), batch=r.u32(), queries=r.wide()
+        )
+        msg._validate()
+        return msg
+
+
+@dataclass(frozen=True, slots=True, kw_only=True, repr=False)
+class PirResponse(Message):
+    """Answers to a :class:`PirRequest`: ``batch × rows`` little-endian u32 words.
+
+    ``version`` is the database answered; ``delta`` takes the client's hint from the version
+    it named to this one (empty when they are the same).
+    """
+
+    TYPE: ClassVar[int] = 10
+    NAME: ClassVar[str] = "pir_response"
+    key_id: str
+    version: int
+    delta: bytes
+    batch: int
+    answers: bytes
+
+    def _validate(self) -> None:
+        if not 0 <= self.version < 1 << 64:
+            raise MalformedMessage("version is out of range")
+        if not 1 <= self.batch <= PIR_MAX_BATCH:
+            raise MalformedMessage(f"batch must be 1..{PIR_MAX_BATCH}")
+        if not self.answers or len(self.answers) % (4 * self.batch):
+            raise MalformedMessage("answers are not batch rows of u32 words")
+
+    def _write(self, w: _Writer) -> None:
+        w.text(self.key_id)
+        w.u64(self.version)
+        w.wide(self.delta)
+        w.u32(self.batch)
+        w.wide(self.answers)
+
+    @classmethod
+    def _read(cls, r: _Reader) -> Self:
+        msg = cls(key_id=r.text(), version=r.u64(), delta=r.wide(), batch=r.u32(), answers=r.wide())
+        msg._validate()
+        return msg
+
+
 _TYPES: dict[int, type[Message]] = {
     m.TYPE: m
     for m in (
@@ -372,11 +456,13 @@ _TYPES: dict[int, type[Message]] = {
         BucketResponse,
         ServiceResponse,
         ContactsUpload,
+        PirRequest,
+        PirResponse,
     )
 }
 _BY_NAME: dict[str, type[Message]] = {m.NAME: m for m in _TYPES.values()}
 _M = TypeVar("_M", bound=Message)
-_INT_TOPS: dict[str, int] = {"bits": 1 << 8, "filter_version": 1 << 64}
+_INT_TOPS: dict[str, int] = {"bits": 1 << 8, "filter_version": 1 << 64, "version": 1 << 64}
 
 
 @overload

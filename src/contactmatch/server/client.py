@@ -40,9 +40,11 @@ from contactmatch.errors import (
     MissingDependency,
     RateLimited,
     StoreUnavailable,
+    UnknownKeyId,
 )
 from contactmatch.filters import Filter, load_filter
 from contactmatch.schemes.base import ServerInfo, get_scheme
+from contactmatch.schemes.pirclient import PirHint
 from contactmatch.server._codes import BINARY, JSON, USER_HEADER, exception_for
 from contactmatch.service import DiscoveryClient, DiscoveryResult
 from contactmatch.stores.base import Discoverability
@@ -166,6 +168,7 @@ class HttpClient:
         self._http = httpx.Client(base_url=self.base_url, transport=transport, timeout=timeout)
         self._filters: dict[str, Filter] = {}
         self._caches: dict[str, dict[tuple[str, str], bytes]] = {}
+        self._hints: dict[str, PirHint] = {}
 
     def __repr__(self) -> str:
         # The token is never shown, not even in part.
@@ -277,6 +280,18 @@ class HttpClient:
         path = f"/v1/filter/{_scheme_path(name)}"
         return self._request("GET", path, auth=False, params=params).content
 
+    def published_hint(self, scheme: str | None = None, since: int | None = None) -> bytes:
+        """The PIR hint of a ``pir`` scheme, whole or as a delta from version ``since``."""
+        name = self.schemes()[0] if scheme is None else scheme
+        params = {"since": since} if since is not None else None
+        path = f"/v1/hint/{_scheme_path(name)}"
+        return self._request("GET", path, auth=False, params=params).content
+
+    def hint_version(self, scheme: str | None = None) -> int:
+        """Version of a ``pir`` scheme's database, from its info (0 for other schemes)."""
+        info = ServerInfo.decode(self.info(scheme))
+        return int(info.extra.get("pir", {}).get("version", 0))
+
     def discover(self, requester_id: str, request: bytes) -> bytes:
         """Send one discovery request; ``requester_id`` must be the token's user (else 403)."""
         return self._discover(request, requester_id)
@@ -361,8 +376,42 @@ class HttpClient:
         blob = self._current_filter(scheme, info) if method.publishes_filter else None
         if cache is None:
             cache = self._caches.setdefault(method.token, {})
-        client = DiscoveryClient(info, filter_blob=blob, region=region, cache=cache)
-        return client.discover(contacts, lambda request: self._discover(request, None))
+        hint = self._current_hint(scheme, info) if method.retrieves_privately else None
+        client = DiscoveryClient(info, filter_blob=blob, hint_blob=hint, region=region, cache=cache)
+        try:
+            return client.discover(contacts, lambda request: self._discover(request, None))
+        except UnknownKeyId:
+            if hint is None:
+                raise
+            # The server could not patch our hint (it never held that version): start over
+            # from its whole hint, once.
+            self._hints.pop(scheme, None)
+            hint = self._current_hint(scheme, info)
+            client = DiscoveryClient(
+                info, filter_blob=blob, hint_blob=hint, region=region, cache=cache
+            )
+            return client.discover(contacts, lambda request: self._discover(request, None))
+
+    def _current_hint(self, scheme: str, info: ServerInfo) -> PirHint:
+        """The server's current PIR hint, patched from the one held when possible.
+
+        The hint object is kept and shared with the discoveries that use it: each answer's
+        delta patches it in place, so the next sync starts from the version last answered.
+        """
+        held = self._hints.get(scheme)
+        version = int(info.extra.get("pir", {}).get("version", 0))
+        if held is not None and held.key_id == info.key_id:
+            if held.version == version:
+                return held
+            try:
+                held.update(self.published_hint(scheme, since=held.version))
+            except InvalidInput:
+                pass  # a delta from elsewhere: start over from the whole hint
+            else:
+                return held
+        hint = PirHint(self.published_hint(scheme))
+        self._hints[scheme] = hint
+        return hint
 
     def _current_filter(self, scheme: str, info: ServerInfo) -> bytes:
         """The server's current filter, patched from the one held when possible."""

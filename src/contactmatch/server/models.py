@@ -38,6 +38,7 @@ from contactmatch.schemes.wire import (
     EvalRequest,
     LookupRequest,
     Message,
+    PirRequest,
     ServiceResponse,
 )
 from contactmatch.stores.base import Discoverability
@@ -268,7 +269,14 @@ def wire_json_model(cls: type[Message]) -> type[BaseModel]:
 #: The wire messages that cross the HTTP API, by role, as JSON-form models.
 WIRE_JSON: Final[dict[type[Message], type[BaseModel]]] = {
     cls: wire_json_model(cls)
-    for cls in (EvalRequest, LookupRequest, BucketRequest, ServiceResponse, ContactsUpload)
+    for cls in (
+        EvalRequest,
+        LookupRequest,
+        BucketRequest,
+        PirRequest,
+        ServiceResponse,
+        ContactsUpload,
+    )
 }
 
 

@@ -24,6 +24,7 @@ from contactmatch.schemes.wire import (
     ContactsUpload,
     EvalRequest,
     LookupRequest,
+    PirRequest,
     ServiceResponse,
     decode,
 )
@@ -103,6 +104,24 @@ async def published_filter(ctx: Context, call: Call[None, FilterQuery]) -> Respo
         headers["ETag"] = f'"{version}"'
     else:
         headers["X-Filter-Since"] = str(base)
+    return Response(blob, media_type=BINARY, headers=headers)
+
+
+async def published_hint(ctx: Context, call: Call[None, FilterQuery]) -> Response:
+    scheme: str = call.request.path_params["scheme"]
+    since = call.query.since
+    wanted = call.request.headers.get("if-none-match")
+
+    def work() -> tuple[bytes | None, int]:
+        current = ctx.server.hint_version(scheme)
+        if wanted is not None and current and f'"{current}"' in wanted:
+            return None, current
+        return ctx.server.published_hint(scheme, since), current
+
+    blob, version = await run_in_threadpool(work)
+    headers = {"X-Hint-Version": str(version), "Cache-Control": "no-cache"}
+    if blob is None:
+        return Response(status_code=304, headers={**headers, "ETag": f'"{version}"'})
     return Response(blob, media_type=BINARY, headers=headers)
 
 
@@ -189,7 +208,7 @@ PATH_PARAMETERS: dict[str, dict[str, Any]] = {
         "description": "a scheme this server serves (GET /v1/schemes)",
     },
 }
-_DISCOVERY_REQUESTS = (EvalRequest, LookupRequest, BucketRequest)
+_DISCOVERY_REQUESTS = (EvalRequest, LookupRequest, BucketRequest, PirRequest)
 
 ENDPOINTS: tuple[Endpoint[Any, Any], ...] = (
     Endpoint(
@@ -232,6 +251,23 @@ ENDPOINTS: tuple[Endpoint[Any, Any], ...] = (
                 "X-Filter-Since": "on deltas: the version the delta applies to",
                 "ETag": 'on whole filters: "N", for If-None-Match',
             },
+        ),
+        errors=(304, 400, 404),
+        headers={"If-None-Match": 'the held version, "N": 304 when nothing changed'},
+    ),
+    Endpoint(
+        method="GET",
+        path="/v1/hint/{scheme}",
+        name="hint",
+        summary="The PIR hint of a pir scheme, whole or as a delta from `since`",
+        auth="none",
+        query=QueryModel(FilterQuery),
+        body=NO_BODY,
+        handler=published_hint,
+        answer=Answer(
+            content={BINARY: ()},
+            description="the hint (DB·A, docs/pir.md), or a delta from `since`",
+            headers={"X-Hint-Version": "the version of the database answered now"},
         ),
         errors=(304, 400, 404),
         headers={"If-None-Match": 'the held version, "N": 304 when nothing changed'},

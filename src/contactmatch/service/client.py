@@ -18,6 +18,7 @@ from contactmatch.errors import InvalidInput, ProtocolStateError
 from contactmatch.filters import Filter, is_delta
 from contactmatch.schemes.base import ServerInfo, get_scheme
 from contactmatch.schemes.client import SchemeClient, filter_for
+from contactmatch.schemes.pirclient import PirHint
 from contactmatch.schemes.tokens import make_client_tokens
 from contactmatch.schemes.wire import ContactsUpload, LookupRequest, ServiceResponse, decode
 from contactmatch.service.personal import PersonalEntries
@@ -60,6 +61,7 @@ class DiscoveryClient:
     Args:
         info: the server's published info for the chosen scheme (bytes or decoded).
         filter_blob: the published filter, for filter schemes.
+        hint_blob: the published PIR hint, for ``pir`` schemes (patched by every answer).
         region: default region of the phone book's numbers.
         pinned_keys: VOPRF public keys from an authenticated channel (the app bundle).
         cache: token cache ``{(key_id, e164): token}``; keep it across syncs so a re-sync
@@ -76,6 +78,7 @@ class DiscoveryClient:
         info: bytes | ServerInfo,
         *,
         filter_blob: bytes | None = None,
+        hint_blob: bytes | PirHint | None = None,
         region: str | None = None,
         pinned_keys: dict[str, bytes] | None = None,
         cache: dict[tuple[str, str], bytes] | None = None,
@@ -90,6 +93,11 @@ class DiscoveryClient:
             self.update_filter(filter_blob)
         elif self.scheme.publishes_filter:
             raise InvalidInput("a filter scheme needs the published filter")
+        self._hint: PirHint | None = None
+        if hint_blob is not None:
+            self.update_hint(hint_blob)
+        elif self.scheme.retrieves_privately:
+            raise InvalidInput("a pir scheme needs the published PIR hint")
         self._run: SchemeClient | None = None
         self._numbers: list[str] = []
         self._rejected: dict[str, int] = {}
@@ -116,6 +124,29 @@ class DiscoveryClient:
         else:
             self._filter = filter_for(self.info, data)
 
+    @property
+    def hint_version(self) -> int:
+        """Version of the PIR hint held (0 if none)."""
+        return self._hint.version if self._hint is not None else 0
+
+    @property
+    def hint(self) -> PirHint | None:
+        """The PIR hint held (``pir`` schemes), kept current by answers and deltas."""
+        return self._hint
+
+    def update_hint(self, data: bytes | PirHint) -> None:
+        """Install a whole PIR hint, or patch the one held with a delta from its version.
+
+        Raises:
+            MalformedMessage: the blob does not decode, or a delta is not from the hint held.
+        """
+        if isinstance(data, PirHint):
+            self._hint = data
+        elif self._hint is None:
+            self._hint = PirHint(data)
+        else:
+            self._hint.update(data)
+
     def prepare(self, contacts: PhoneBook) -> bytes:
         """Start a discovery of a phone book (numbers, contact dicts or vCard text).
 
@@ -131,6 +162,7 @@ class DiscoveryClient:
             self.info,
             make_client_tokens(self.scheme.token, self.info, pinned=self.pinned_keys),
             filter_blob=self._filter,
+            hint=self._hint,
             cache=self.cache,
         )
         first = self._run.start(self._numbers)

@@ -30,6 +30,7 @@ from contactmatch.schemes.wire import (
     EvalRequest,
     LookupRequest,
     LookupResponse,
+    PirRequest,
     ServiceResponse,
     decode,
 )
@@ -294,6 +295,14 @@ class DiscoveryServer(ServerCore):
         """The filter of a filter scheme, whole or as a delta from version ``since``."""
         return self._scheme(scheme or self.schemes[0]).published_filter(since)
 
+    def hint_version(self, scheme: str | None = None) -> int:
+        """Current version of a ``pir`` scheme's database (0 for other schemes)."""
+        return self._scheme(scheme or self.schemes[0]).hint_version
+
+    def published_hint(self, scheme: str | None = None, since: int | None = None) -> bytes:
+        """The PIR hint of a ``pir`` scheme, whole or as a delta from version ``since``."""
+        return self._scheme(scheme or self.schemes[0]).published_hint(since)
+
     def discover(self, requester_id: str, request: bytes) -> bytes:
         """Answer one discovery request of an authenticated, registered user.
 
@@ -314,7 +323,7 @@ class DiscoveryServer(ServerCore):
         scheme = ""
         try:
             msg = decode(request)
-            if not isinstance(msg, EvalRequest | LookupRequest | BucketRequest):
+            if not isinstance(msg, EvalRequest | LookupRequest | BucketRequest | PirRequest):
                 raise MalformedMessage(f"{msg.NAME} is not a discovery request")
             srv = self._scheme(msg.scheme)
             scheme = srv.scheme.name
@@ -327,6 +336,11 @@ class DiscoveryServer(ServerCore):
             elif isinstance(msg, LookupRequest):
                 self.limiter.new_tokens(subject, msg.tokens)
                 stats["looked_up"] = len(msg.tokens)
+            elif isinstance(msg, PirRequest):
+                # A PIR batch names no token: what a scraper can read from it is bounded by
+                # the evaluations it was charged for. The batch size is still a size limit.
+                self.limiter.check_size(msg.batch)
+                stats["pir_retrievals"] = msg.batch
             else:
                 self.limiter.new_buckets(subject, msg.bits, msg.prefixes)
                 stats["buckets"] = len(set(msg.prefixes))
