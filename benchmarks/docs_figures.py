@@ -188,8 +188,9 @@ def render(text: str, results: Path = RESULTS) -> str:
         if part not in PARTS:
             raise SystemExit(f"unknown part {part!r} for {bench}; one of {', '.join(PARTS)}")
         md = results / f"{bench}.md"
-        if not md.is_file():
-            raise SystemExit(f"no committed result for {bench} ({md.relative_to(ROOT)})")
+        if not md.is_file():  # left as it is; the tests name the block
+            print(f"warning: no committed result for {bench} ({md})", file=sys.stderr)
+            return m.group()
         return m.group("open") + _part(md.read_text(encoding="utf-8"), part) + m.group("close")
 
     return _BLOCK.sub(block, text)

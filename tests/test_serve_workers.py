@@ -390,6 +390,41 @@ def backend() -> str:
     return "sqlite"
 
 
+@pytest.mark.parametrize(
+    "backend",
+    [
+        pytest.param("sqlite", id="sqlite"),
+        pytest.param("postgres", id="postgres", marks=pytest.mark.postgres),
+    ],
+)
+def test_pir_over_two_workers_patches_one_hint_across_processes(
+    world: World, start: Callable[..., Workers]
+) -> None:
+    # `serve --scheme oprf+pir`: both workers lay the registry out identically (the PIR
+    # database is a function of the membership), so a hint patched by one worker's answer is
+    # valid on the other's, and registrations reach it as deltas.
+    serve = start("--allow-unverified-numbers", "--scheme", "oprf+pir", "--scheme", "oprf+filter")
+    serve.wait_for_both_workers()
+    t = FreshConnections(serve)
+    book = [NEWCOMER, ME, "+989121111111", "+989122222222"]
+    with HttpClient(serve.url, world.token("me"), transport=t) as me:
+        assert me.sync(book, scheme="oprf+pir").matches == {ME: "me"}
+        with HttpClient(serve.url, world.token("newcomer")) as newcomer:
+            assert newcomer.register("newcomer", NEWCOMER) == NEWCOMER
+        time.sleep(3 * REFRESH)
+        for round_ in range(12):
+            assert me.sync(book, scheme="oprf+pir").matches == {NEWCOMER: "newcomer", ME: "me"}
+            answered = {pid for path, _, pid in t.answered if path == "/v1/discover" and pid}
+            if round_ >= 3 and len(answered) == 2:
+                break
+        # The hint held, patched by answers from both workers, is the servers' current one.
+        assert me._hints["oprf+pir"].version == me.hint_version("oprf+pir")
+    assert {status for _, status, _ in t.answered} <= {200, 304}  # 304: filter unchanged
+    assert len(answered) == 2, "every discovery landed on one worker"
+    assert serve.stop() == 0
+
+
+
 def test_sigterm_lets_an_in_flight_discovery_finish(
     world: World, start: Callable[..., Workers]
 ) -> None:

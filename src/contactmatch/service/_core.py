@@ -114,6 +114,10 @@ class ServerCore:
         )
         #: Where the registries came from at start-up: ``"snapshot"`` or ``"store"``.
         self.started_from = self._follower.start()
+        for srv in self._schemes.values():
+            if srv.scheme.retrieves_privately:
+                # Lay the registry out for PIR now (seconds at 10^6), not in a client's request.
+                srv.registry.pir()
         #: Called after every discovery round with (scheme, counters, seconds): how the HTTP
         #: app feeds its metrics without the service knowing about Prometheus. The scheme is
         #: a served scheme's name or "" (never a string a client chose).
