@@ -83,12 +83,14 @@ def test_pir_schemes_agree_with_reference_through_changes(
 
 
 def test_a_patched_database_equals_one_built_afresh() -> None:
-    server = build_server("sha256+pir", [(u, n) for n, u in _registry(3000).items()])
+    # 3,100 users, 150 leave and 150 join: the size class (quarter octaves) stays the same.
+    server = build_server("sha256+pir", [(u, n) for n, u in _registry(3100).items()])
     pub = server.registry.pir()
-    before = pub.version
+    before, shape = pub.version, pub.shape
     old_hint = PirHint(pub.published())
-    server.unregister([f"user-{i}" for i in range(0, 600, 3)])
+    server.unregister([f"user-{i}" for i in range(0, 450, 3)])
     server.register([f"x{i}" for i in range(150)], [f"+98913{i:07d}" for i in range(150)])
+    assert pub.shape == shape
     fresh = PirPublisher(server.registry.table)
     assert pub.version == fresh.version != before
     assert pub.shape == fresh.shape
@@ -100,6 +102,18 @@ def test_a_patched_database_equals_one_built_afresh() -> None:
     assert old_hint.version == pub.version
     assert np.array_equal(old_hint.matrix, PirHint(fresh.published()).matrix)
     assert len(delta) < len(fresh.published()) / 10
+
+
+def test_a_new_size_class_is_a_new_database_with_the_same_rules() -> None:
+    # Crossing a quarter octave changes the shape: there is no delta, and the rebuilt
+    # database still equals one built afresh.
+    server = build_server("sha256+pir", [(u, n) for n, u in _registry(3000).items()])
+    pub = server.registry.pir()
+    before, shape = pub.version, pub.shape
+    server.unregister([f"user-{i}" for i in range(0, 900, 3)])
+    assert pub.shape != shape
+    assert decode_hint(pub.published(since=before)).hint is not None  # the whole hint
+    assert pub.published() == PirPublisher(server.registry.table).published()
 
 
 def test_unknown_hint_version_is_refused_with_a_refresh_error() -> None:

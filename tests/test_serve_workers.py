@@ -424,7 +424,6 @@ def test_pir_over_two_workers_patches_one_hint_across_processes(
     assert serve.stop() == 0
 
 
-
 def test_sigterm_lets_an_in_flight_discovery_finish(
     world: World, start: Callable[..., Workers]
 ) -> None:

@@ -11,10 +11,11 @@ together with the column's other entries, which stay sealed to tokens the client
 hold. A column is cut into *bands* of ``h`` rows, one slot each: a slot holds
 ``len | sealed user id | zero padding`` packed into ``h`` elements of Z_p.
 
-Within a column, entries are placed by *ordered linear probing*: each has a home band (the
-next bits of its bucket key) and entries in ``(bucket key, fingerprint)`` order take the first
-free band at or after their home. This placement is a function of the set alone (Amble and
-Knuth's ordered hash tables are history-independent), so:
+Within a column, entries are placed by *ordered linear probing around the column*: each has
+a home band (the next bits of its bucket key) and entries in ``(bucket key, fingerprint)``
+order take the first free band at or after their home, wrapping past the last band to the
+first. The placement is a function of the set alone (ordered hash tables are
+history-independent: Amble and Knuth; Blelloch and Golovin), so:
 
 * every process holding the same membership builds byte-identical databases and hints, and
   the version (a digest of the content) means the same thing on every process and restart;
@@ -22,9 +23,10 @@ Knuth's ordered hash tables are history-independent), so:
   the load used here), so the hint changes in a few elements and clients patch it with a
   small :class:`~contactmatch.hazmat.pir.HintDelta` rather than download it again.
 
-The shape (columns, home bands, slot width) is a function of the registry's size class
-(:func:`~contactmatch.registry.publisher.capacity_for`) and its longest sealed id, so it
-changes rarely; a change of shape is a new database and clients download its hint whole.
+The shape (columns, bands, slot width) is a function of the registry's size class (quarter
+octaves: the shape moves when the registry grows or shrinks by a fifth), its fullest column
+and its longest sealed id, so it changes rarely; a change of shape is a new database and
+clients download its hint whole.
 """
 
 from __future__ import annotations
@@ -52,7 +54,6 @@ from contactmatch.hazmat.pir import (
 from contactmatch.registry.answers import HashDelta
 from contactmatch.registry.publisher import (
     _mix,
-    capacity_for,
     content_version,
     first_step_after,
 )
@@ -83,8 +84,9 @@ MAX_BATCH = 256
 #: of :data:`SLOT_STEP` bytes with the longest sealed id, so they rarely change.
 SLOT_MIN_BYTES = 16
 SLOT_STEP = 8
-#: Entries per home band when the registry is at the top of its size class.
-LOAD = 0.85
+#: Mean entries per slot when the registry is at the top of its size class, before the
+#: bands added so that the fullest column fits (:func:`shape_for`).
+LOAD = 0.8
 #: Most columns: a padded batch of 64 queries stays within 2 MiB (64 · 8000 · 4 bytes), and
 #: every answer is one exact float64 product (hazmat.pir: cols · (p/2) · 2^31 <= 2^53).
 MAX_COLS = 8000
@@ -138,22 +140,28 @@ def slot_width(longest_sealed: int) -> int:
     return max(SLOT_MIN_BYTES, -(-(1 + longest_sealed) // SLOT_STEP) * SLOT_STEP)
 
 
+def size_class(users: int) -> int:
+    """The top of the registry's size class: quarter octaves from 1,024 up (2^(k/4))."""
+    k = math.ceil(4 * math.log2(max(users, 1024)) - 1e-9)
+    return math.ceil(math.pow(2.0, k / 4))
+
+
 def shape_for(users: int, slot_bytes: int, bands_needed: int = 0) -> PirShape:
     """The shape of a registry of ``users`` whose slots are ``slot_bytes`` wide.
 
     Columns balance the download of one answer (rows) against the upload of one query
-    (columns): ``cols ≈ sqrt(slots · h)``, a multiple of 16, at most :data:`MAX_COLS`. Home
-    bands hold ``LOAD`` entries each at the top of the size class (the filter's
-    :func:`capacity_for`, so the shape changes only when the registry crosses a power of
-    two), and ``bands`` adds room for probe runs past the last home band.
+    (columns): ``cols ≈ sqrt(slots · h)``, a multiple of 16, at most :data:`MAX_COLS`. A
+    column's bands hold its mean share of the size class at :data:`LOAD` plus five standard
+    deviations of a column's count (balls into bins), and at least the fullest column's count
+    plus one (``bands_needed``), so every column keeps a free band and wrapped probing ends.
     """
-    slots = math.ceil(capacity_for(users) / 1.5 / LOAD)
+    top = size_class(users)
     p = params_for(1, MAX_COLS).p  # one p for every width up to MAX_COLS (hazmat.pir table)
     h = -(-slot_bytes * 8 // math.floor(math.log2(p)))
-    cols = max(_MIN_COLS, min(MAX_COLS, round(math.sqrt(slots * h) / 16) * 16))
-    home = max(1, -(-slots // cols))
-    margin = 2 + math.ceil(3 * math.sqrt(home))
-    return PirShape(cols, home, max(home + margin, bands_needed), slot_bytes, p)
+    cols = max(_MIN_COLS, min(MAX_COLS, round(math.sqrt(top / LOAD * h) / 16) * 16))
+    mean = top / cols
+    bands = max(math.ceil(mean / LOAD), math.ceil(mean + 5 * math.sqrt(mean)) + 2, bands_needed)
+    return PirShape(cols, bands, bands, slot_bytes, p)
 
 
 def column_of(bucket32: int, cols: int) -> int:
@@ -173,59 +181,89 @@ def seed_for(key_id: str) -> bytes:
 
 
 @dataclass(frozen=True, slots=True)
-class _Columns:
-    """Placed slots of some columns: column, band and slot bytes of each entry."""
+class _Placed:
+    """Placed slots of some columns, with each column's count and longest sealed id."""
 
-    cols: I64
-    bands: I64
-    slots: U8  # (entries, slot_bytes)
+    cols: I64  # the column of each entry
+    bands: I64  # its band
+    slots: U8  # (entries, slot width): length byte, sealed id, zero padding
+    counts: I64  # per requested column
+    longest: I64  # per requested column: its longest sealed id (0 if empty)
 
 
-def _place(table: RegistryTable, cols: I64, ncols: int, home: int) -> tuple[_Columns, int]:
-    """Every entry of these columns, placed; and the longest sealed id (for the slot width)."""
+def _place(table: RegistryTable, cols: I64, ncols: int, bands: int) -> _Placed:
+    """Every entry of these columns (sorted, distinct), placed in ``bands`` bands."""
     # Columns are not powers of two: read the power-of-two buckets that cover them (each
     # column spans at most two at ``bits`` = floor(log2 ncols)) and keep the columns' rows.
     bits = ncols.bit_length() - 1
     lo = -((-cols * (1 << 32)) // ncols)
     hi = -((-(cols + 1) * (1 << 32)) // ncols) - 1
-    prefixes = (
-        np.unique(np.concatenate([lo >> (32 - bits), hi >> (32 - bits)]))
-        if bits
-        else (np.zeros(1, dtype=np.int64))
-    )
+    prefixes = np.unique(np.concatenate([lo >> (32 - bits), hi >> (32 - bits)]))
     ans = table.bucket(prefixes.tolist(), bits)
     scaled = ans.keys * np.uint64(ncols)
     col_all = (scaled >> np.uint64(32)).astype(np.int64)
     keep = np.flatnonzero(np.isin(col_all, cols))  # in (column, bucket key) order
     col_of = col_all[keep]
     low = scaled[keep] & _M32
-    home_band = ((low * np.uint64(home)) >> np.uint64(32)).astype(np.int64)
+    home = ((low * np.uint64(bands)) >> np.uint64(32)).astype(np.int64)
     n = keep.shape[0]
-    counts = np.bincount(np.searchsorted(cols, col_of), minlength=cols.shape[0])
-    # Ordered linear probing: place_i = max(home_i, place_{i-1} + 1) within a column, i.e.
-    # i + cummax(home_i - i) per column; columns are kept apart by a large offset per column.
-    starts = np.cumsum(counts) - counts
-    local = np.arange(n, dtype=np.int64) - np.repeat(starts, counts)
-    big = np.int64(1 << 40)
-    seg = np.repeat(np.arange(cols.shape[0], dtype=np.int64), counts)
-    band = np.maximum.accumulate(home_band - local + seg * big) - seg * big + local
-    starts_b, ends_b = ans.offsets[keep], ans.offsets[keep + 1]
-    lens = ends_b - starts_b
-    longest = int(lens.max()) if n else 0
-    slots = np.zeros((n, slot_width(longest)), dtype=np.uint8)
+    where = np.searchsorted(cols, col_of)
+    counts = np.bincount(where, minlength=cols.shape[0]).astype(np.int64)
+    lens = (ans.offsets[keep + 1] - ans.offsets[keep]).astype(np.int64)
+    longest = np.zeros(cols.shape[0], dtype=np.int64)
+    np.maximum.at(longest, where, lens)
+    band = _probe(home, counts, bands)
+    width = slot_width(int(lens.max()) if n else 0)
+    slots = np.zeros((n, width), dtype=np.uint8)
     if n:
-        if longest > 255:
+        top = int(lens.max())
+        if top > 255:
             raise InvalidInput("a sealed user id is longer than a PIR slot can say")
         slots[:, 0] = lens
         sealed = np.frombuffer(ans.sealed, dtype=np.uint8)
-        pos = np.arange(longest, dtype=np.int64)
+        pos = np.arange(top, dtype=np.int64)
         take = pos[None, :] < lens[:, None]
-        src = starts_b[:, None] + pos[None, :]
-        slots[:, 1 : 1 + longest][take] = sealed[src[take]]
-    return _Columns(col_of, band, slots), slot_width(longest)
+        src = ans.offsets[keep][:, None] + pos[None, :]
+        slots[:, 1 : 1 + top][take] = sealed[src[take]]
+    return _Placed(col_of, band, slots, counts, longest)
 
 
-def _elements(shape: PirShape, placed: _Columns, cols: I64) -> npt.NDArray[np.int64]:
+def _probe(home: I64, counts: I64, bands: int) -> I64:
+    """Bands of entries (grouped by column, in order) under ordered linear probing with
+    wrap-around, for columns of fewer than ``bands`` entries each.
+
+    Without wrapping, place_i = max(home_i, place_{i-1} + 1) = i + cummax(home_i - i). Run
+    over each column's entries twice, the second time with homes shifted by ``bands``: the
+    second pass sees the first pass's overflow arrive at the column's start, and its places
+    mod ``bands`` are the wrapped layout. They are distinct because a column of n < bands
+    entries spans at most bands - 1 places in the second pass (place_2n - place_(n+1) <=
+    bands - 1, from place_k = max_j<=k (home_j + k - j)).
+    """
+    n = home.shape[0]
+    if not n:
+        return home
+    if int(counts.max()) >= bands:
+        raise InvalidInput("a PIR column holds as many entries as it has bands")
+    starts = np.cumsum(counts) - counts
+    seg = np.repeat(np.arange(counts.shape[0], dtype=np.int64), counts)
+    local = np.arange(n, dtype=np.int64) - np.repeat(starts, counts)
+    # Doubled sequence, column by column: [first pass | second pass].
+    twice_seg = np.concatenate([seg, seg])
+    twice_pass = np.concatenate([np.zeros(n, np.int64), np.ones(n, np.int64)])
+    twice_local = np.concatenate([local, local])
+    twice_home = np.concatenate([home, home + bands])
+    order = np.lexsort((twice_local, twice_pass, twice_seg))
+    h2, s2 = twice_home[order], twice_seg[order]
+    starts2 = np.repeat(2 * starts, 2 * counts)
+    idx = np.arange(2 * n, dtype=np.int64) - starts2  # position within the doubled column
+    big = np.int64(1 << 40)
+    place = np.maximum.accumulate(h2 - idx + s2 * big) - s2 * big + idx
+    second = place[twice_pass[order] == 1]  # in (column, entry) order, like ``home``
+    out: I64 = second % bands
+    return out
+
+
+def _elements(shape: PirShape, placed: _Placed, cols: I64) -> npt.NDArray[np.int64]:
     """The database elements of ``cols`` (``len(cols) × rows``) holding ``placed``."""
     out = np.zeros((cols.shape[0], shape.bands, shape.h), dtype=np.int64)
     if placed.slots.shape[0]:
@@ -289,15 +327,21 @@ class PirPublisher:
         while True:
             shape = shape_for(users, slot_bytes, needed)
             cols = np.arange(shape.cols, dtype=np.int64)
-            placed, width = _place(table, cols, shape.cols, shape.home)
-            top = int(placed.bands.max()) + 1 if placed.bands.shape[0] else 0
-            if width != shape.slot_bytes or top > shape.bands:
-                slot_bytes, needed = width, max(needed, top)
+            try:
+                placed = _place(table, cols, shape.cols, shape.bands)
+            except InvalidInput:  # a column too full for its bands: more bands
+                needed = shape.bands + 1
+                continue
+            fit = self._fit(placed.counts, placed.longest, users)
+            if fit != shape:
+                slot_bytes, needed = fit.slot_bytes, fit.bands
                 continue
             break
         values = _elements(shape, placed, cols)
         self._shape = shape
         self._users = users
+        self._counts = placed.counts
+        self._longest = placed.longest
         self._acc = int(_column_digests(values, cols).sum(dtype=np.uint64))
         self._db = PirDatabase(shape.params, values.T, max_batch=self.max_batch)
         del values, placed
@@ -305,6 +349,14 @@ class PirPublisher:
         self._version = self._content_version()
         self._steps.clear()
         trim()
+
+    @staticmethod
+    def _fit(counts: I64, longest: I64, users: int) -> PirShape:
+        """The shape a fresh build would choose for this registry (a function of the set:
+        its size class, its fullest column and its longest sealed id)."""
+        width = slot_width(int(longest.max()) if longest.shape[0] else 0)
+        fullest = int(counts.max()) if counts.shape[0] else 0
+        return shape_for(users, width, fullest + 1)
 
     def _content_version(self) -> int:
         return content_version(self._acc, self._shape.code(), self._users)
@@ -405,15 +457,18 @@ class PirPublisher:
             shape = self._shape
             users = len(self._table)
             cols = np.unique(columns_of(delta.buckets, shape.cols))
-            placed, width = _place(self._table, cols, shape.cols, shape.home)
-            top = int(placed.bands.max()) + 1 if placed.bands.shape[0] else 0
-            same_class = shape_for(users, shape.slot_bytes) == shape_for(
-                self._users, shape.slot_bytes
-            )
-            if width > shape.slot_bytes or top > shape.bands or not same_class:
+            try:
+                placed = _place(self._table, cols, shape.cols, shape.bands)
+            except InvalidInput:  # a column outgrew its bands
+                self._build(self._table)
+                return
+            counts, longest = self._counts.copy(), self._longest.copy()
+            counts[cols], longest[cols] = placed.counts, placed.longest
+            if self._fit(counts, longest, users) != shape:
                 # A new shape: every process rebuilds to the same one, from the same rows.
                 self._build(self._table)
                 return
+            self._counts, self._longest = counts, longest
             before = self.version
             old = self._db.columns(cols)
             new = _elements(shape, placed, cols)
