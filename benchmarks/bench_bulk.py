@@ -161,7 +161,9 @@ def main() -> int:
                 rep = run_import(src, url, keys, engine, args.partition)
             busy = rep.compute_seconds + rep.store_seconds
             rate = rep.imported / rep.seconds
-            results[f"{label}/{kind}"] = rate
+            # Keyed by input too: the store-share runs (the small file, on the same store as
+            # the scaling runs) must not replace the scaling run of the same engine.
+            results[f"{label}/{kind}/{src.name}"] = rate
             report.row(
                 run=label,
                 store=kind,
@@ -188,8 +190,8 @@ def main() -> int:
                         measure("local:2", eng, small, kind, startup)
             finally:
                 eng.close()
-    one = results[f"local:1/{args.scaling_store}"]
-    two = results[f"local:2/{args.scaling_store}"]
+    one = results[f"local:1/{args.scaling_store}/big.csv"]
+    two = results[f"local:2/{args.scaling_store}/big.csv"]
     report.goal("2 workers / 1 worker (numbers/s)", two / one, 1.7, at_least=True)
     report.note(
         f"One LocalCluster worker imports at {one / per_core:.0%} of the bare one-core OPRF "
