@@ -142,6 +142,7 @@ def main() -> int:
         "scaling_store": args.scaling_store,
     }
     results: dict[str, float] = {}
+    store_wait: dict[str, float] = {}  # seconds a worker waited on the store per number
     with tempfile.TemporaryDirectory(prefix="bench-bulk-") as d:
         tmp = Path(d)
         key_path, data_path = tmp / "oprf.key", tmp / "data.key"
@@ -176,6 +177,10 @@ def main() -> int:
                 numbers_per_s=rate,
                 per_worker_per_s=rate / rep.workers,
                 store_share=rep.store_seconds / busy if busy else 0.0,
+                store_us_per_number=rep.store_seconds / rep.imported * 1e6 if rep.imported else 0,
+            )
+            store_wait[f"{label}/{kind}/{src.name}"] = (
+                rep.store_seconds / rep.imported if rep.imported else 0.0
             )
 
         measure("in-process", LocalEngine(), big, args.scaling_store, 0.0)
@@ -196,6 +201,37 @@ def main() -> int:
     report.note(
         f"One LocalCluster worker imports at {one / per_core:.0%} of the bare one-core OPRF "
         "rate (the rest: normalising, sealing, the store and the task overhead)."
+    )
+    # A plan for operators, derived from this run's two-worker rate per worker (which
+    # includes waiting on the store): time = N / (machines x cores x rate).
+    per_worker = two / 2
+    plan = []
+    for n_numbers in (10**8, 10**9):
+        cells = []
+        for machines in (1, 4, 16):
+            seconds = n_numbers / (machines * 16 * per_worker)
+            cells.append(
+                f"{machines}x16 cores {seconds / 60:,.1f} min"
+                if seconds < 3600
+                else f"{machines}x16 cores {seconds / 3600:,.1f} h"
+            )
+        plan.append(f"10^{len(str(n_numbers)) - 1} numbers: " + ", ".join(cells))
+    report.note(
+        f"Plan at {per_worker:,.0f} numbers/s per worker core (the local:2 run): "
+        + "; ".join(plan)
+        + "."
+    )
+    ceilings = [
+        f"{kind} {1 / wait:,.0f} numbers/s ({wait * 1e6:,.0f} us per number)"
+        for key, wait in store_wait.items()
+        if key.startswith("local:2/") and key.endswith("/small.csv") and wait
+        for kind in (key.split("/")[1],)
+    ]
+    report.note(
+        "If every store wait were serialised, one store would cap an import at: "
+        + ", ".join(ceilings)
+        + " (a bound for a single-threaded Redis primary; concurrent COPYs overlap in "
+        "PostgreSQL, whose real ceiling is higher)."
     )
 
     def plot(ax: Any) -> None:
