@@ -11,6 +11,7 @@ server exposes nothing new for the tests. Also ``--limits`` files, accepted and 
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import multiprocessing
@@ -233,6 +234,10 @@ class Workers:
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
+            # The workers too: killing only the supervisor would leave them running.
+            for pid in self.workers():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
             self.proc.kill()
             self.proc.wait()
 
