@@ -259,9 +259,12 @@ def test_worker_killed_mid_import(
     worker.join(120)
     assert victim is not None, "the import finished before a worker could be killed"
     assert "error" not in outcome, outcome.get("error")
-    client.wait_for_workers(2, timeout=60)
     with open_store(store_url) as s:
         assert snapshot(s, keys.data_key) == reference(rows, keys, ref_url)
+    # The nanny brings the killed worker back (the next tests share the cluster). A restart
+    # imports numpy, the stores and the library afresh: on a loaded 2-core CI machine that
+    # has taken over a minute, so the wait is generous.
+    client.wait_for_workers(2, timeout=240)
 
 
 def test_importer_killed_and_rerun(
