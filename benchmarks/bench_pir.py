@@ -40,6 +40,7 @@ from contactmatch.oprf import Mode
 from contactmatch.registry.pir import BATCH
 from contactmatch.registry.shared import TokenRegistry
 from contactmatch.registry.table import RegistryTable
+from contactmatch.schemes.pirclient import PirHint
 from contactmatch.schemes.server import SchemeServer
 from contactmatch.schemes.tokens import make_server_tokens
 from contactmatch.schemes.wire import PirRequest, PirResponse, decode
@@ -97,10 +98,10 @@ def one_size(n: int, book_size: int, sync: Report) -> dict[str, Any]:
     ).encode()
     server_s, response = cpu(lambda: pir_server.handle(request), repeat=3)
     msg = decode(response, PirResponse)
-    hint_matrix = np.frombuffer(hint[-shape.rows * 1024 * 4 :], dtype="<u4").reshape(shape.rows, -1)
+    hint_matrix = PirHint(hint).matrix
     answers = np.frombuffer(msg.answers, dtype="<u4").reshape(BATCH, shape.rows)
-    r_s, values = cpu(lambda: recover(pub.params, hint_matrix.astype(np.uint32), state, answers))
-    truth = pub._db.columns(cols)
+    r_s, values = cpu(lambda: recover(pub.params, hint_matrix, state, answers))
+    truth = pub.database.columns(cols)  # every retrieved column is checked
     if not np.array_equal(values, truth):
         raise SystemExit("a PIR retrieval did not decode to its column")
     pir_row = {

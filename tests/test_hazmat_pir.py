@@ -487,3 +487,24 @@ def test_queries_do_not_reveal_the_column() -> None:
     table = np.stack([counts[1], skewed]).astype(np.float64)
     expected = table.sum(1, keepdims=True) * table.sum(0, keepdims=True) / table.sum()
     assert float(((table - expected) ** 2 / expected).sum()) > _chi2_critical(bins - 1)
+
+
+def test_a_server_hint_stays_right_past_the_pending_delta_bound(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A database keeps its hint's deltas until the hint is asked for; past the bound it drops
+    # the hint and recomputes it. Either way the hint equals DB·A.
+    import contactmatch.hazmat.pir as pir_module
+
+    monkeypatch.setattr(pir_module, "_PENDING_MAX", 50)
+    rng = np.random.default_rng(9)
+    params = pir_module.params_for(40, 32)
+    db = pir_module.PirDatabase(params, rng.integers(0, params.p, (40, 32)))
+    seed = bytes(range(32))
+    db.hint(seed)
+    for _ in range(5):  # 5 x 20 changes: the bound is crossed on the third
+        rows, cols = rng.integers(0, 40, 20), rng.integers(0, 32, 20)
+        keys = np.unique(cols * 40 + rows)
+        db.update(keys % 40, keys // 40, rng.integers(0, params.p, keys.shape[0]))
+    fresh = pir_module.PirDatabase(params, db.elements())
+    assert np.array_equal(db.hint(seed), fresh.hint(seed))

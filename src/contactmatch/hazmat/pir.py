@@ -356,6 +356,7 @@ def _check_elements(params: PirParams, elements: object, shape: tuple[int, ...])
 
 
 _DELTA_CHUNK = 4096  # delta entries per step of HintDelta.apply (16 MiB of scratch)
+_PENDING_MAX = 1 << 22  # delta entries a database keeps for its hint (about 40 MiB)
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -623,8 +624,12 @@ class PirDatabase:
         )
         if self._cached_hint is not None and len(delta):
             # Applied when the hint is next asked for, not here: a server patches its
-            # database every refresh, but publishes a whole hint only to new clients.
+            # database every refresh, but publishes a whole hint only to new clients. Past
+            # a bound, recomputing the hint is cheaper than keeping (and applying) the deltas.
             self._pending.append(delta)
+            if sum(len(d) for d in self._pending) > _PENDING_MAX:
+                self._cached_hint = None
+                self._pending.clear()
         return delta
 
 

@@ -96,9 +96,9 @@ _SEED_DOMAIN = b"contactmatch/pir-seed/v1"
 _HINT_MAGIC = b"CMH"
 _HINT_VERSION = 1
 _WHOLE, _DELTA = 1, 2
-# magic, format version, kind, pir version, since, cols, home, bands, slot_bytes, p, rows,
-# seed, key id length
-_HEAD = struct.Struct(">3sBBQQIIIHHI32sB")
+# magic, format version, kind, pir version, since, cols, bands, slot_bytes, p, rows, seed,
+# key id length
+_HEAD = struct.Struct(">3sBBQQIIHHI32sB")
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,13 +106,13 @@ class PirShape:
     """How the registry is laid out: what a client needs, with the hint, to read entries."""
 
     cols: int
-    home: int
     bands: int
     slot_bytes: int
     p: int
 
     @property
     def element_bits(self) -> int:
+        """Plaintext bits per element, as :attr:`PirParams.element_bits` (which needs rows)."""
         return math.floor(math.log2(self.p))
 
     @property
@@ -130,9 +130,7 @@ class PirShape:
 
     def code(self) -> int:
         """The shape as one integer, for the content version."""
-        return ((self.cols << 48) ^ (self.home << 28) ^ (self.bands << 8) ^ self.slot_bytes) & (
-            2**64 - 1
-        )
+        return ((self.cols << 40) ^ (self.bands << 12) ^ self.slot_bytes) & (2**64 - 1)
 
 
 def slot_width(longest_sealed: int) -> int:
@@ -161,7 +159,7 @@ def shape_for(users: int, slot_bytes: int, bands_needed: int = 0) -> PirShape:
     cols = max(_MIN_COLS, min(MAX_COLS, round(math.sqrt(top / LOAD * h) / 16) * 16))
     mean = top / cols
     bands = max(math.ceil(mean / LOAD), math.ceil(mean + 5 * math.sqrt(mean)) + 2, bands_needed)
-    return PirShape(cols, bands, bands, slot_bytes, p)
+    return PirShape(cols, bands, slot_bytes, p)
 
 
 def column_of(bucket32: int, cols: int) -> int:
@@ -313,7 +311,6 @@ class PirPublisher:
     ) -> None:
         self._lock = threading.RLock()
         self._table = table
-        self._history = history
         self.max_batch = max_batch
         self._steps: deque[_Step] = deque(maxlen=history)
         self._seed = seed_for(table.key_id)
@@ -379,13 +376,17 @@ class PirPublisher:
     def params(self) -> PirParams:
         return self._shape.params
 
+    @property
+    def database(self) -> PirDatabase:
+        """The database answered now (benchmarks check retrieved columns against it)."""
+        return self._db
+
     def info(self) -> dict[str, int | str]:
         """What a client needs besides the hint (published in the scheme's info)."""
         s = self._shape
         return {
             "version": self.version,
             "cols": s.cols,
-            "home": s.home,
             "bands": s.bands,
             "slot_bytes": s.slot_bytes,
             "p": s.p,
@@ -399,7 +400,7 @@ class PirPublisher:
         enc = self._encoded
         if enc is None or enc[0] != self.version:
             blob = encode_hint(
-                self._table.key_id, self._shape, self._seed, self.version, self._db.hint(self._seed)
+                self._table.key_id, self._shape, self.version, self._db.hint(self._seed)
             )
             enc = (self.version, blob)
             self._encoded = enc
@@ -527,7 +528,6 @@ def _head(
             version,
             since,
             shape.cols,
-            shape.home,
             shape.bands,
             shape.slot_bytes,
             shape.p,
@@ -539,9 +539,9 @@ def _head(
     )
 
 
-def encode_hint(key_id: str, shape: PirShape, seed: bytes, version: int, hint: U32) -> bytes:
+def encode_hint(key_id: str, shape: PirShape, version: int, hint: U32) -> bytes:
     """A whole hint: its header (shape, seed, version, key id) and rows × n uint32 (LE)."""
-    head = _head(_WHOLE, key_id, shape, seed=seed, version=version, since=0)
+    head = _head(_WHOLE, key_id, shape, seed=seed_for(key_id), version=version, since=0)
     return head + hint.astype("<u4").tobytes()
 
 
@@ -575,7 +575,7 @@ def decode_hint(data: bytes) -> HintBlob:
     raw = bytes(data)
     if len(raw) < _HEAD.size:
         raise MalformedMessage("PIR hint too short")
-    (magic, fmt, kind, version, since, cols, home, bands, slot_bytes, p, rows, seed, klen) = (
+    (magic, fmt, kind, version, since, cols, bands, slot_bytes, p, rows, seed, klen) = (
         _HEAD.unpack_from(raw)
     )
     if magic != _HINT_MAGIC or fmt != _HINT_VERSION or kind not in (_WHOLE, _DELTA):
@@ -583,9 +583,9 @@ def decode_hint(data: bytes) -> HintBlob:
     at = _HEAD.size + klen
     try:
         key_id = raw[_HEAD.size : at].decode("utf-8")
-        if len(raw) < at or not _MIN_COLS <= cols <= MAX_COLS or not 0 < home <= bands:
+        if len(raw) < at or not _MIN_COLS <= cols <= MAX_COLS or not bands > 0:
             raise MalformedMessage("PIR hint shape out of range")
-        shape = PirShape(cols, home, bands, slot_bytes, p)
+        shape = PirShape(cols, bands, slot_bytes, p)
         if shape.p != params_for(1, shape.cols).p or shape.rows != rows or slot_bytes < 2:
             raise MalformedMessage("PIR hint shape does not add up")
     except (UnicodeDecodeError, InvalidInput) as exc:

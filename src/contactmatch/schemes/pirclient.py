@@ -7,7 +7,6 @@ padded batches of SimplePIR queries and opens the client's own entries in the an
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import secrets
 from collections.abc import Mapping
@@ -16,9 +15,9 @@ import numpy as np
 import numpy.typing as npt
 
 from contactmatch.errors import MalformedMessage, UnknownKeyId
-from contactmatch.hazmat.pir import QueryState, query, recover, unpack_bytes
+from contactmatch.hazmat.pir import HintDelta, QueryState, query, recover, unpack_bytes
 from contactmatch.registry.pir import PirShape, column_of, decode_hint
-from contactmatch.schemes.sealed import SEAL_CHECK_BYTES, SEAL_DOMAIN, bucket32, open_sealed
+from contactmatch.schemes.sealed import SEAL_CHECK_BYTES, bucket32, open_sealed, seal_check
 from contactmatch.schemes.wire import PirRequest, PirResponse, decode
 
 __all__ = ["PirHint", "PirRetrieval"]
@@ -68,8 +67,6 @@ class PirHint:
 
     def patch(self, delta: bytes, version: int) -> None:
         """Apply the delta an answer carries (from this hint's version to ``version``)."""
-        from contactmatch.hazmat.pir import HintDelta
-
         if delta:
             HintDelta.decode(delta, self.shape.params).apply(
                 self.matrix, self.seed, self.shape.params
@@ -77,11 +74,6 @@ class PirHint:
         elif version != self.version:
             raise MalformedMessage("a PIR answer of another version came without its delta")
         self.version = version
-
-
-def _check_of(token: bytes) -> bytes:
-    """The first bytes of a token's seal stream: the check value its sealed entry starts with."""
-    return hashlib.shake_256(SEAL_DOMAIN + token).digest(SEAL_CHECK_BYTES)
 
 
 class PirRetrieval:
@@ -179,7 +171,7 @@ class PirRetrieval:
         checks = slots[:, 1 : 1 + SEAL_CHECK_BYTES]
         for number in numbers:
             tok = self._tokens[number]
-            want = np.frombuffer(_check_of(tok), dtype=np.uint8)
+            want = np.frombuffer(seal_check(tok), dtype=np.uint8)
             for band in np.flatnonzero((checks == want).all(axis=1) & (lens > SEAL_CHECK_BYTES)):
                 n = int(lens[band])
                 if n > shape.slot_bytes - 1:

@@ -29,6 +29,7 @@ __all__ = [
     "fingerprint_of",
     "open_entries",
     "open_sealed",
+    "seal_check",
     "seal_entries",
     "seal_user_id",
 ]
@@ -74,6 +75,12 @@ def fingerprint_of(token: bytes) -> bytes:
 
 def _keystream(token: bytes, n: int) -> bytes:
     return hashlib.shake_256(SEAL_DOMAIN + token).digest(n)
+
+
+def seal_check(token: bytes) -> bytes:
+    """The check value every user id sealed to ``token`` starts with (PIR clients compare
+    it against a whole column of slots at once)."""
+    return _keystream(token, SEAL_CHECK_BYTES)
 
 
 def seal_user_id(token: bytes, user_id: str) -> bytes:

@@ -8,7 +8,7 @@ from typing import ClassVar
 from contactmatch.errors import MalformedMessage
 from contactmatch.registry.shared import TokenRegistry
 from contactmatch.schemes.base import METHOD_TRAITS, MethodName
-from contactmatch.schemes.wire import Message
+from contactmatch.schemes.wire import LookupRequest, LookupResponse, Message
 
 __all__ = ["MembershipMethod"]
 
@@ -39,6 +39,14 @@ class MembershipMethod(ABC):
     @abstractmethod
     def answer(self, msg: Message, registry: TokenRegistry, *, key_id: str, bits: int) -> Message:
         """Answer a request of one of :attr:`requests` over ``registry``."""
+
+    def empty_lookup(self, msg: LookupRequest, key_id: str) -> LookupResponse:
+        """The answer to the empty lookup a client of a method with no lookup round
+        (``localfilter``, ``pir``) sends only to collect its personal (contacts-only)
+        entries; a lookup with tokens is refused."""
+        if msg.tokens:
+            raise MalformedMessage(f"{self.name} answers no lookups")
+        return LookupResponse(key_id=key_id, positions=[], user_ids=[])
 
     def refuse(self, msg: Message, scheme: str) -> MalformedMessage:
         """The error for a request this method does not answer."""

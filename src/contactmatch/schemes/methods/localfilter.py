@@ -11,27 +11,18 @@ from __future__ import annotations
 
 from typing import ClassVar, Final
 
-from contactmatch.errors import MalformedMessage
 from contactmatch.registry.shared import TokenRegistry
 from contactmatch.schemes.base import MethodName
 from contactmatch.schemes.methods.base import MembershipMethod
-from contactmatch.schemes.wire import LookupRequest, LookupResponse, Message
+from contactmatch.schemes.wire import LookupRequest, Message
 
-__all__ = ["LOCAL_BOOK", "LOCAL_FPR", "LocalFilterMethod", "empty_lookup"]
+__all__ = ["LOCAL_BOOK", "LOCAL_FPR", "LocalFilterMethod"]
 
 #: The phone book size the false-report bound is stated for.
 LOCAL_BOOK: Final = 10_000
 #: Per-test false-positive rate: 2^-34 <= 2^-20 / 10,000 (= 2^-33.29), so by the union bound
 #: a sync of 10,000 unregistered contacts reports one of them with probability <= 2^-20.
 LOCAL_FPR: Final = 2.0**-34
-
-
-def empty_lookup(msg: LookupRequest, scheme: str, key_id: str) -> LookupResponse:
-    """The answer to the empty lookup a client sends only to collect its personal
-    (contacts-only) entries when it has nothing to ask; a lookup with tokens is refused."""
-    if msg.tokens:
-        raise MalformedMessage(f"{scheme} answers no lookups")
-    return LookupResponse(key_id=key_id, positions=[], user_ids=[])
 
 
 class LocalFilterMethod(MembershipMethod):
@@ -43,4 +34,4 @@ class LocalFilterMethod(MembershipMethod):
     def answer(self, msg: Message, registry: TokenRegistry, *, key_id: str, bits: int) -> Message:
         del registry, bits
         assert isinstance(msg, LookupRequest)
-        return empty_lookup(msg, "localfilter", key_id)
+        return self.empty_lookup(msg, key_id)

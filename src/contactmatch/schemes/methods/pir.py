@@ -16,7 +16,6 @@ from contactmatch.errors import MalformedMessage
 from contactmatch.registry.shared import TokenRegistry
 from contactmatch.schemes.base import MethodName
 from contactmatch.schemes.methods.base import MembershipMethod
-from contactmatch.schemes.methods.localfilter import empty_lookup
 from contactmatch.schemes.wire import LookupRequest, Message, PirRequest, PirResponse
 
 __all__ = ["PirMethod"]
@@ -31,7 +30,7 @@ class PirMethod(MembershipMethod):
     def answer(self, msg: Message, registry: TokenRegistry, *, key_id: str, bits: int) -> Message:
         del bits
         if isinstance(msg, LookupRequest):
-            return empty_lookup(msg, "pir", key_id)
+            return self.empty_lookup(msg, key_id)
         assert isinstance(msg, PirRequest)
         pub = registry.pir()
         cols = pub.params.cols
